@@ -1,0 +1,184 @@
+"""The model configuration (config.json of a model directory, SPEC section 2).
+
+Loaded and validated without torch so that the runtime and the CLI can read it anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from infini_onnx.errors import ModelDirError
+
+MODEL_TYPE = "infini-llama"
+MEMORY_UPDATES = ("linear", "delta")
+
+
+@dataclass(frozen=True)
+class InfiniConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    bos_token_id: int
+    eos_token_id: int
+    segment_len: int
+    memory_update: str
+    model_type: str = MODEL_TYPE
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def num_groups(self) -> int:
+        """Query heads per key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config.json content: known keys first, then the kept unknown ones."""
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**d, **{k: v for k, v in extra.items() if k not in d}}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config.json") -> InfiniConfig:
+        """Build and validate a config; errors name the source and the key."""
+        if not isinstance(data, dict):
+            raise ModelDirError(f"{source}: expected a JSON object")
+        model_type = data.get("model_type")
+        if model_type != MODEL_TYPE:
+            raise ModelDirError(
+                f"{source}: unknown model_type {model_type!r} (expected {MODEL_TYPE!r})"
+            )
+        known = {f.name: f for f in fields(cls) if f.name not in ("extra", "model_type")}
+        values: dict[str, Any] = {}
+        for name, f in known.items():
+            if name not in data:
+                raise ModelDirError(f"{source}: missing required key {name!r}")
+            values[name] = _coerce(data[name], f.type, name, source)
+        extra = {k: v for k, v in data.items() if k not in known and k != "model_type"}
+        try:
+            return cls(**values, extra=extra)
+        except ModelDirError as e:
+            raise ModelDirError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> InfiniConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelDirError(f"{path}: missing config.json")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelDirError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def _coerce(value: Any, type_name: str, key: str, source: str) -> Any:
+    """Check a JSON value against the field's declared type."""
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+    }[type_name]
+    if not ok:
+        raise ModelDirError(f"{source}: key {key!r} must be {type_name}, got {value!r}")
+    return float(value) if type_name == "float" else value
+
+
+def _validate(c: InfiniConfig) -> None:
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+    ):
+        if getattr(c, key) < 1:
+            raise ModelDirError(f"key {key!r} must be >= 1, got {getattr(c, key)}")
+    if c.segment_len < 1:
+        raise ModelDirError(f"key 'segment_len' must be >= 1, got {c.segment_len}")
+    if c.num_attention_heads % c.num_key_value_heads:
+        raise ModelDirError(
+            f"key 'num_attention_heads' ({c.num_attention_heads}) must be a multiple of "
+            f"'num_key_value_heads' ({c.num_key_value_heads})"
+        )
+    if c.head_dim % 2:
+        raise ModelDirError(f"key 'head_dim' must be even for RoPE, got {c.head_dim}")
+    if c.memory_update not in MEMORY_UPDATES:
+        raise ModelDirError(
+            f"key 'memory_update' must be one of {MEMORY_UPDATES}, got {c.memory_update!r}"
+        )
+    if c.rms_norm_eps <= 0:
+        raise ModelDirError(f"key 'rms_norm_eps' must be > 0, got {c.rms_norm_eps}")
+    if c.rope_theta <= 0:
+        raise ModelDirError(f"key 'rope_theta' must be > 0, got {c.rope_theta}")
+    for key in ("bos_token_id", "eos_token_id"):
+        if not 0 <= getattr(c, key) < c.vocab_size:
+            raise ModelDirError(f"key {key!r} must be in [0, vocab_size), got {getattr(c, key)}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # For tests and the flat-memory benchmarks: tiny and fast.
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        segment_len=32,
+    ),
+    # >= 10M parameters with head_dim 64: for speed benchmarks.
+    "small": dict(
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=64,
+        segment_len=512,
+    ),
+    "base": dict(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        head_dim=64,
+        segment_len=2048,
+    ),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> InfiniConfig:
+    """A config for one of PRESETS, with the byte-level vocabulary (256 bytes + bos + eos)."""
+    if name not in PRESETS:
+        raise ModelDirError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+    values: dict[str, Any] = dict(
+        vocab_size=258,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=256,
+        eos_token_id=257,
+        memory_update="delta",
+    )
+    values.update(PRESETS[name])
+    values.update(overrides)
+    return InfiniConfig.from_dict({"model_type": MODEL_TYPE, **values}, source=f"preset {name}")

@@ -1,0 +1,1 @@
+"""MODEL_DIR -> ONNX step graph (needs the `[export]` extra)."""

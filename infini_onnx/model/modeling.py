@@ -1,0 +1,294 @@
+"""The reference infini-llama model in PyTorch (SPEC section 1).
+
+Shapes: B batch, T new tokens, P tokens of the current segment already cached, H query heads,
+G key/value heads, d head_dim, L layers, D hidden size.
+
+The one primitive is `step`: it runs T new tokens of the current segment against the cached
+P tokens and the memory, exactly the ONNX step graph of SPEC section 3. `forward` runs any
+number of tokens by calling `step` once per segment piece and rolling the state, so both
+modes share every line of math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from infini_onnx.config import InfiniConfig
+
+CLAMP_MIN = 1e-6
+
+
+@dataclass
+class StreamState:
+    """Everything a stream carries between calls (SPEC section 3), batch first."""
+
+    memory: Tensor  # [B, L, G, d, d] float32, M at the start of the current segment
+    norm: Tensor  # [B, L, G, d] float32, z at the start of the current segment
+    memory_acc: Tensor  # [B, L, G, d, d] float32, memory plus the writes of the cached tokens
+    norm_acc: Tensor  # [B, L, G, d] float32
+    past_key: Tensor  # [B, L, G, P, d] model dtype, keys after RoPE
+    past_value: Tensor  # [B, L, G, P, d] model dtype
+
+    @classmethod
+    def zeros(
+        cls, config: InfiniConfig, batch: int = 1, dtype=torch.float32, device=None
+    ) -> StreamState:
+        L, G, d = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+        memory = torch.zeros(batch, L, G, d, d, device=device)
+        norm = torch.zeros(batch, L, G, d, device=device)
+        cache = torch.zeros(batch, L, G, 0, d, dtype=dtype, device=device)
+        return cls(memory, norm, memory.clone(), norm.clone(), cache, cache.clone())
+
+    @property
+    def cached(self) -> int:
+        """P: tokens of the current segment in the cache."""
+        return self.past_key.shape[3]
+
+
+# --- Infini-attention memory: the only place its math lives -------------------------------
+
+
+def sigma(x: Tensor) -> Tensor:
+    """The memory's kernel feature map, elu(x) + 1 (always > 0)."""
+    return F.elu(x) + 1.0
+
+
+def memory_read(sq: Tensor, memory: Tensor, norm: Tensor) -> Tensor:
+    """A_mem = sigma(q) M / clamp(sigma(q) z). sq [B, G, r, T, d], memory [B, G, d, d],
+    norm [B, G, d] -> [B, G, r, T, d] (r query heads per key/value head)."""
+    numerator = sq @ memory.unsqueeze(2)  # [B, G, r, T, d]
+    denominator = sq @ norm[:, :, None, :, None]  # [B, G, r, T, 1]
+    return numerator / denominator.clamp(min=CLAMP_MIN)
+
+
+def memory_write(
+    sk: Tensor, v: Tensor, memory: Tensor, norm: Tensor, rule: str
+) -> tuple[Tensor, Tensor]:
+    """The write of T tokens into memory as of the segment start.
+    sk, v [B, G, T, d], memory [B, G, d, d], norm [B, G, d] -> (dM [B, G, d, d], dz [B, G, d])."""
+    if rule == "delta":
+        retrieved = (sk @ memory) / (sk @ norm.unsqueeze(-1)).clamp(min=CLAMP_MIN)
+        v = v - retrieved
+    return sk.transpose(-1, -2) @ v, sk.sum(dim=2)
+
+
+# --- Llama building blocks -----------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos, sin [T, d] for integer positions [T] (Llama's rotate_half layout)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, d/2]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class InfiniAttention(nn.Module):
+    def __init__(self, config: InfiniConfig):
+        super().__init__()
+        self.config = config
+        H, G, d, D = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+            config.hidden_size,
+        )
+        self.q_proj = nn.Linear(D, H * d, bias=False)
+        self.k_proj = nn.Linear(D, G * d, bias=False)
+        self.v_proj = nn.Linear(D, G * d, bias=False)
+        self.o_proj = nn.Linear(H * d, D, bias=False)
+        self.gate = nn.Parameter(torch.zeros(H))  # beta: one scalar per query head
+
+    def forward(
+        self,
+        x: Tensor,  # [B, T, D]
+        past_key: Tensor,  # [B, G, P, d]
+        past_value: Tensor,  # [B, G, P, d]
+        memory: Tensor,  # [B, G, d, d]
+        norm: Tensor,  # [B, G, d]
+        memory_acc: Tensor,  # [B, G, d, d]
+        norm_acc: Tensor,  # [B, G, d]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        c = self.config
+        B, T, _ = x.shape
+        H, G, d, r = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_groups
+        P = past_key.shape[2]
+        q = self.q_proj(x).view(B, T, H, d).transpose(1, 2)  # [B, H, T, d]
+        k = self.k_proj(x).view(B, T, G, d).transpose(1, 2)  # [B, G, T, d]
+        v = self.v_proj(x).view(B, T, G, d).transpose(1, 2)  # [B, G, T, d]
+
+        # Local attention over the segment so far: RoPE with positions from the segment start.
+        cos, sin = rope_cos_sin(torch.arange(P, P + T, device=x.device), d, c.rope_theta)
+        present_key = torch.cat([past_key, apply_rope(k, cos, sin)], dim=2)  # [B, G, P+T, d]
+        present_value = torch.cat([past_value, v], dim=2)
+        key_pos = torch.arange(P + T, device=x.device)
+        causal = key_pos[None, :] <= (P + torch.arange(T, device=x.device))[:, None]  # [T, P+T]
+        q_rot = apply_rope(q, cos, sin).view(B, G, r, T, d)
+        scores = (q_rot @ present_key.unsqueeze(2).transpose(-1, -2)) / d**0.5  # [B,G,r,T,P+T]
+        scores = scores.float().masked_fill(~causal, float("-inf"))
+        a_dot = scores.softmax(-1).to(v.dtype) @ present_value.unsqueeze(2)  # [B, G, r, T, d]
+
+        # Compressive memory, float32 whatever the model dtype; un-rotated q and k.
+        sq = sigma(q.float()).view(B, G, r, T, d)
+        a_mem = memory_read(sq, memory, norm)  # [B, G, r, T, d]
+        d_mem, d_norm = memory_write(sigma(k.float()), v.float(), memory, norm, c.memory_update)
+
+        g = torch.sigmoid(self.gate.float()).view(G, r, 1, 1)
+        a = (g * a_mem + (1 - g) * a_dot.float()).to(x.dtype)  # [B, G, r, T, d]
+        out = self.o_proj(a.view(B, H, T, d).transpose(1, 2).reshape(B, T, H * d))
+        return out, present_key, present_value, memory_acc + d_mem, norm_acc + d_norm
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: InfiniConfig):
+        super().__init__()
+        D, I = config.hidden_size, config.intermediate_size
+        self.input_layernorm = RMSNorm(D, config.rms_norm_eps)
+        self.self_attn = InfiniAttention(config)
+        self.post_attention_layernorm = RMSNorm(D, config.rms_norm_eps)
+        self.mlp = nn.ModuleDict(
+            dict(
+                gate_proj=nn.Linear(D, I, bias=False),
+                up_proj=nn.Linear(D, I, bias=False),
+                down_proj=nn.Linear(I, D, bias=False),
+            )
+        )
+
+    def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        attn_out, *new_state = self.self_attn(self.input_layernorm(x), *state)
+        x = x + attn_out
+        h = self.post_attention_layernorm(x)
+        x = x + self.mlp.down_proj(F.silu(self.mlp.gate_proj(h)) * self.mlp.up_proj(h))
+        return x, *new_state
+
+
+class InfiniLlamaModel(nn.Module):
+    def __init__(self, config: InfiniConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class InfiniLlamaForCausalLM(nn.Module):
+    """infini-llama with Hugging Face Llama parameter names (SPEC section 2)."""
+
+    def __init__(self, config: InfiniConfig):
+        super().__init__()
+        self.config = config
+        self.model = InfiniLlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def init_weights(self, seed: int = 0, std: float = 0.02) -> None:
+        """Random initialisation (normal weights, unit norms, gates at 0 = an even mix)."""
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                    p.fill_(1.0)
+                elif name.endswith("self_attn.gate"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+    def new_state(self, batch: int = 1, device=None) -> StreamState:
+        return StreamState.zeros(self.config, batch, self.dtype, device)
+
+    def step(
+        self,
+        input_ids: Tensor,  # [B, T] int64
+        past_key: Tensor,  # [B, L, G, P, d]
+        past_value: Tensor,  # [B, L, G, P, d]
+        memory: Tensor,  # [B, L, G, d, d] float32
+        norm: Tensor,  # [B, L, G, d] float32
+        memory_acc: Tensor,  # [B, L, G, d, d] float32
+        norm_acc: Tensor,  # [B, L, G, d] float32
+        num_logits: int | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """One call of the step graph (SPEC section 3) with P + T <= segment_len.
+
+        Returns logits [B, min(num_logits, T), V] (float32), present_key/value [B, L, G, P+T, d],
+        memory_acc_out [B, L, G, d, d], norm_acc_out [B, L, G, d].
+        """
+        x = self.model.embed_tokens(input_ids)  # [B, T, D]
+        keys, values, mem_accs, norm_accs = [], [], [], []
+        for i, layer in enumerate(self.model.layers):
+            x, k, v, m, z = layer(
+                x,
+                past_key[:, i],
+                past_value[:, i],
+                memory[:, i],
+                norm[:, i],
+                memory_acc[:, i],
+                norm_acc[:, i],
+            )
+            keys.append(k)
+            values.append(v)
+            mem_accs.append(m)
+            norm_accs.append(z)
+        if num_logits is not None:
+            x = x[:, -num_logits:]  # the last min(num_logits, T) positions
+        logits = self.lm_head(self.model.norm(x)).float()
+        stack = lambda ts: torch.stack(ts, dim=1)  # noqa: E731
+        return logits, stack(keys), stack(values), stack(mem_accs), stack(norm_accs)
+
+    def forward(
+        self, input_ids: Tensor, state: StreamState | None = None
+    ) -> tuple[Tensor, StreamState]:
+        """Run a token sequence of any length [B, S], continuing `state` (a new stream if None).
+
+        Splits the tokens at segment boundaries and calls `step` once per piece; differentiable
+        through the memory across segments. Returns logits [B, S, V] and the state after the
+        last token, exactly as the step loop of SPEC section 3 leaves it.
+        """
+        if state is None:
+            state = self.new_state(input_ids.shape[0], input_ids.device)
+        N = self.config.segment_len
+        logits, start = [], 0
+        while start < input_ids.shape[1]:
+            take = min(N - state.cached, input_ids.shape[1] - start)
+            out, key, value, mem_acc, norm_acc = self.step(
+                input_ids[:, start : start + take],
+                state.past_key,
+                state.past_value,
+                state.memory,
+                state.norm,
+                state.memory_acc,
+                state.norm_acc,
+            )
+            logits.append(out)
+            start += take
+            if key.shape[3] == N:  # segment complete: commit the memory, empty the cache
+                empty = key[:, :, :, :0]
+                state = StreamState(mem_acc, norm_acc, mem_acc, norm_acc, empty, empty)
+            else:
+                state = StreamState(state.memory, state.norm, mem_acc, norm_acc, key, value)
+        return torch.cat(logits, dim=1), state
