@@ -8,7 +8,7 @@ BOS, EOS = "<s>", "</s>"
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in character for each byte (what the ByteLevel pre-tokenizer emits)."""
+    """GPT-2's printable stand-in for each byte (what the ByteLevel pre-tokenizer emits)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
     printable += range(ord("®"), ord("ÿ") + 1)
     chars, extra = {}, 0
