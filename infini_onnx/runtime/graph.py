@@ -1,0 +1,134 @@
+"""One ONNX Runtime session of the step graph (SPEC section 3) and how a call is made on a device.
+
+State tensors are opaque "device values": numpy arrays on the CPU, OrtValues in GPU memory with
+CUDA/TensorRT (IO binding, so memory and cache never travel through the host between calls).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from infini_onnx import contract
+from infini_onnx.runtime.errors import DeviceError
+
+DEVICES = ("cpu", "cuda", "tensorrt")
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+STATE_INPUTS = ("past_key", "past_value", "memory", "norm", "memory_acc", "norm_acc")
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The outputs of one call: logits on the host, the rest as device values."""
+
+    logits: np.ndarray  # [B, n, V] float32
+    present_key: Any
+    present_value: Any
+    memory_acc: Any
+    norm_acc: Any
+
+
+def default_threads() -> int:
+    """The CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Options for small CPUs: all graph optimisations, one op at a time, no spinning threads."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    so.intra_op_num_threads = threads or default_threads()
+    # Spinning worker threads burn cores the application (or a second stream) could use.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def providers_for(device: str) -> list[str]:
+    """The execution providers of a device name; refuses a device this onnxruntime lacks."""
+    if device not in PROVIDERS:
+        raise DeviceError(f"unknown device {device!r} (choose from {', '.join(DEVICES)})")
+    wanted = PROVIDERS[device][0]
+    if wanted not in ort.get_available_providers():
+        raise DeviceError(
+            f"device {device!r} needs {wanted}, which this onnxruntime lacks "
+            f"(available: {', '.join(ort.get_available_providers())}); on NVIDIA GPUs install "
+            "onnxruntime-gpu instead of onnxruntime"
+        )
+    return PROVIDERS[device]
+
+
+class CpuGraph:
+    """Calls on the CPU: numpy in, numpy out (onnxruntime reads numpy inputs without copying)."""
+
+    def __init__(self, session: ort.InferenceSession):
+        self.session = session
+        self._outputs = list(contract.OUTPUT_NAMES)
+
+    def run(self, input_ids: np.ndarray, num_logits: int, state: dict[str, Any]) -> Outputs:
+        feeds = {**state, "input_ids": input_ids, "num_logits": np.array([num_logits], np.int64)}
+        return Outputs(*self.session.run(self._outputs, feeds))
+
+    def to_device(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def to_host(self, value: np.ndarray) -> np.ndarray:
+        return value
+
+    def finite(self, out: Outputs, cached: int) -> bool:
+        """All new values finite: logits, the new cache entries, the accumulators."""
+        new = (slice(None),) * 3 + (slice(cached, None),)
+        arrays = (out.logits, out.present_key[new], out.present_value[new], out.norm_acc)
+        return all(np.isfinite(a).all() for a in arrays) and np.isfinite(out.memory_acc).all()
+
+
+class CudaGraph:
+    """Calls on a GPU with IO binding: state inputs and outputs stay in device memory."""
+
+    def __init__(self, session: ort.InferenceSession, device_id: int = 0):
+        self.session = session
+        self.device_id = device_id
+
+    def run(self, input_ids: np.ndarray, num_logits: int, state: dict[str, Any]) -> Outputs:
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", input_ids)
+        binding.bind_cpu_input("num_logits", np.array([num_logits], np.int64))
+        for name, value in state.items():
+            if isinstance(value, np.ndarray):  # the empty cache of a new segment
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in contract.OUTPUT_NAMES[1:]:
+            binding.bind_output(name, "cuda", self.device_id)
+        self.session.run_with_iobinding(binding)
+        logits, *rest = binding.get_outputs()
+        return Outputs(logits.numpy(), *rest)
+
+    def to_device(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", self.device_id)
+
+    def to_host(self, value: ort.OrtValue | np.ndarray) -> np.ndarray:
+        return value if isinstance(value, np.ndarray) else value.numpy()
+
+    def finite(self, out: Outputs, cached: int) -> bool:
+        """Logits and z only (a few KB to the host): NaN or inf in any new key, value or memory
+        write reaches both, since every position attends to itself and z sums sigma(k)."""
+        return bool(np.isfinite(out.logits).all() and np.isfinite(out.norm_acc.numpy()).all())
+
+
+def make_graph(session: ort.InferenceSession, device: str) -> CpuGraph | CudaGraph:
+    return CpuGraph(session) if device == "cpu" else CudaGraph(session)

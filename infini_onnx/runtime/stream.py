@@ -1,0 +1,231 @@
+"""Streams: feed tokens or text of any length, generate, save; and batches of streams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from infini_onnx.runtime import state as st
+from infini_onnx.runtime import statefile, text
+from infini_onnx.runtime.errors import InputError
+from infini_onnx.runtime.sampling import Sampler
+from infini_onnx.runtime.state import State
+
+if TYPE_CHECKING:
+    from infini_onnx.runtime.model import InfiniModel
+
+Tokens = np.ndarray | Iterable[int] | Iterable[Iterable[int]]
+"""Token ids: an array or sequence of ids, or an iterable of such chunks (read lazily)."""
+
+
+class _Streams:
+    """What a stream and a batch of streams share: feeding and decoding over model.step."""
+
+    def __init__(self, model: InfiniModel, state: State):
+        self._model = model
+        self._state = state
+
+    @property
+    def state(self) -> State:
+        """The current state (immutable: keep a reference to go back to it)."""
+        return self._state
+
+    def _ingest(self, chunks: Iterable[np.ndarray], all_logits: bool) -> np.ndarray:
+        """Feed [B, t] chunks; all or nothing: on an error the stream keeps its state."""
+        state, collected = self._state, []
+        N = self._model.config.segment_len
+        for piece in _segment_pieces(chunks, N - state.cached, N):
+            logits, state = self._model.step(state, piece, piece.shape[1] if all_logits else 1)
+            if all_logits:
+                collected.append(logits)
+        if state is self._state:
+            raise InputError("empty input: no tokens to feed")
+        self._state = state
+        return np.concatenate(collected, axis=1) if all_logits else state.logits
+
+    def _validated(self, chunk: object, batch: int) -> np.ndarray:
+        """A chunk of token ids as a [batch, t] int64 array, refused if outside the vocabulary."""
+        a = np.asarray(chunk)
+        if a.size == 0:
+            return np.zeros((batch, 0), np.int64)
+        if a.dtype.kind not in "iu":
+            raise InputError(f"token ids must be integers, got {a.dtype} values")
+        vocab = self._model.config.vocab_size
+        if a.min() < 0 or a.max() >= vocab:
+            bad = a[(a < 0) | (a >= vocab)].flat[0]
+            raise InputError(f"token id {bad} outside the vocabulary [0, {vocab})")
+        if a.ndim != 2 or a.shape[0] != batch:
+            a = a.reshape(batch, -1) if a.ndim == 1 and batch == 1 else None
+            if a is None:
+                raise InputError(f"token chunks must have shape [{batch}, tokens]")
+        return a.astype(np.int64, copy=False)
+
+    def _decode(self, sampler: Sampler, max_new_tokens: int) -> Iterator[np.ndarray]:
+        """Sample, feed back (one call per token) and yield tokens [B]; the state always
+        includes every token yielded."""
+        if self._state.logits is None:
+            raise InputError("nothing fed yet: give a prompt or feed tokens first")
+        for _ in range(max_new_tokens):
+            tokens = sampler(self._state.logits)
+            _, self._state = self._model.step(self._state, tokens[:, None], 1)
+            yield tokens
+
+
+class Stream(_Streams):
+    """One token stream over an InfiniModel: constant memory and per-token cost at any length."""
+
+    @property
+    def tokens_seen(self) -> int:
+        return int(self._state.tokens_seen[0])
+
+    @property
+    def logits(self) -> np.ndarray | None:
+        """Next-token logits [V] after the last token, None before any token."""
+        return None if self._state.logits is None else self._state.logits[0]
+
+    def feed(self, tokens: Tokens, *, all_logits: bool = False) -> np.ndarray:
+        """Feed token ids: whole segments take one call each, the partial tail waits in the cache.
+
+        Returns the next-token logits [V], or with all_logits those of every fed token [S, V].
+        """
+        logits = self._ingest((self._validated(c, 1) for c in _chunks(tokens)), all_logits)
+        return logits[0]
+
+    def feed_text(self, text_or_chunks: str | Iterable[str], *, all_logits: bool = False):
+        """Tokenize and feed a text, or an iterable of text chunks (e.g. a file read in blocks)."""
+        return self.feed(
+            text.encode_chunks(self._model.tokenizer, text_or_chunks), all_logits=all_logits
+        )
+
+    def generate(
+        self,
+        prompt: str | Tokens | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: Iterable[int] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        """Yield new tokens as they come. The prompt (text or ids) is fed first, folded into
+        memory whatever its length; without one, generation continues the stream (a new stream
+        starts from bos). Stops after max_new_tokens or a token of `stop` (default: eos),
+        which is yielded. temperature 0 is greedy."""
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        if max_new_tokens < 0:
+            raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if isinstance(prompt, str):
+            prompt = text.encode(self._model.tokenizer, prompt)
+        elif prompt is None and self._state.logits is None:
+            prompt = [self._model.config.bos_token_id]
+        stops = {self._model.config.eos_token_id} if stop is None else set(stop)
+        return self._generate(prompt, sampler, max_new_tokens, stops)
+
+    def _generate(self, prompt, sampler, max_new_tokens, stops) -> Iterator[int]:
+        if prompt is not None:
+            self.feed(prompt)
+        for tokens in self._decode(sampler, max_new_tokens):
+            yield int(tokens[0])
+            if tokens[0] in stops:
+                return
+
+    def generate_text(self, prompt: str | Tokens | None = None, **options) -> Iterator[str]:
+        """generate() decoded to text pieces as they come (needs the model's tokenizer)."""
+        if self._model.tokenizer is None:
+            raise InputError("this model has no tokenizer in its metadata: use generate()")
+        decoder = text.TextDecoder(self._model.tokenizer)
+        tokens = self.generate(prompt, **options)
+
+        def pieces() -> Iterator[str]:
+            for token in tokens:
+                if piece := decoder.push(token):
+                    yield piece
+            if rest := decoder.flush():
+                yield rest
+
+        return pieces()
+
+    def reset(self) -> None:
+        """Back to an empty stream."""
+        self._state = self._model.new_state()
+
+    def fork(self) -> Stream:
+        """An independent copy at the same point (free: states are never modified)."""
+        return Stream(self._model, self._state)
+
+    def save(self, path: str | Path) -> None:
+        """Write the state atomically (see docs/runtime.md for the format)."""
+        statefile.save_state(
+            path, self._model.to_host(self._state), self._model.model_id, self._model.variant
+        )
+
+
+class StreamBatch(_Streams):
+    """B streams at the same position in their segment, advanced by one call per step.
+
+    Results equal running the streams one by one (to float rounding of batched kernels).
+    """
+
+    @property
+    def tokens_seen(self) -> list[int]:
+        return [int(n) for n in self._state.tokens_seen]
+
+    def feed(self, tokens: np.ndarray | Iterable[np.ndarray], *, all_logits: bool = False):
+        """Feed a [B, T] array of ids (or an iterable of [B, t] chunks), T equal for all rows.
+
+        Returns the next-token logits [B, V], or with all_logits [B, S, V]."""
+        B = self._state.batch
+        chunks = [tokens] if isinstance(tokens, np.ndarray) else tokens
+        return self._ingest((self._validated(c, B) for c in chunks), all_logits)
+
+    def generate(
+        self,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Yield the next token of every stream [B] per step (no stop tokens: all rows go on)."""
+        return self._decode(Sampler(temperature, top_k, top_p, seed), max_new_tokens)
+
+    def split(self) -> list[Stream]:
+        """The streams of the batch, each on its own again."""
+        host = self._model.to_host(self._state)
+        return [Stream(self._model, self._model.from_host(h)) for h in st.split(host)]
+
+
+def _chunks(tokens: Tokens) -> Iterator[object]:
+    """An array or a flat sequence of ids is one chunk; otherwise each item is a chunk."""
+    if isinstance(tokens, np.ndarray):
+        yield tokens
+    elif isinstance(tokens, (list, tuple, range)) and all(
+        isinstance(t, (int, np.integer)) for t in tokens
+    ):
+        yield tokens
+    elif isinstance(tokens, (int, np.integer, str, bytes)):
+        raise InputError(f"expected a sequence of token ids, got {type(tokens).__name__}")
+    else:
+        for chunk in tokens:
+            yield [chunk] if isinstance(chunk, (int, np.integer)) else chunk
+
+
+def _segment_pieces(chunks: Iterable[np.ndarray], room: int, segment_len: int):
+    """Regroup [B, t] chunks into the pieces of one call each: the rest of the current segment
+    (`room` tokens), then whole segments, then the partial tail. Holds < one segment."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for chunk in chunks:
+        while chunk.shape[1]:
+            take = chunk[:, : room - held]
+            chunk = chunk[:, take.shape[1] :]
+            pending.append(take)
+            held += take.shape[1]
+            if held == room:
+                yield np.ascontiguousarray(np.concatenate(pending, axis=1))
+                pending, held, room = [], 0, segment_len
+    if held:
+        yield np.ascontiguousarray(np.concatenate(pending, axis=1))
