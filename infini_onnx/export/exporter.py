@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-import time
+import logging
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
 from infini_onnx import contract
 from infini_onnx.errors import InfiniError
+from infini_onnx.export.files import atomic_output, data_file_name
+from infini_onnx.export.finalize import finalize
+from infini_onnx.export.progress import stage
 from infini_onnx.model import InfiniLlamaForCausalLM, from_pretrained
 from infini_onnx.model.io import TOKENIZER
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 18  # loads in ONNX Runtime >= 1.14 (docs/export.md)
+MIN_OPSET = 18  # torch's exporter cannot go lower (it silently keeps 18)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# A protobuf file cannot exceed 2 GiB: larger weights always go to OUT.onnx.data.
+EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 class StepGraph(nn.Module):
@@ -85,20 +93,37 @@ def model_id(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def export_model(
-    model_dir: str | Path,
-    out_path: str | Path,
-    opset: int = DEFAULT_OPSET,
-    log: Callable[[str], None] = lambda msg: None,
-) -> Path:
-    """Trace the step graph of `model_dir` into `out_path` (written atomically)."""
-    model_dir, out_path = Path(model_dir), Path(out_path)
-    t0 = time.perf_counter()
-    model = from_pretrained(model_dir)
-    log(f"loaded {model_dir} ({time.perf_counter() - t0:.1f}s)")
-    c = model.config
+def max_opset() -> int:
+    """The newest opset the installed onnx package knows."""
+    return onnx.defs.onnx_opset_version()
+
+
+def check_options(dtype: str, opset: int) -> None:
+    """Refuse an unsupported dtype or opset before any work."""
+    if dtype not in DTYPES:
+        raise InfiniError(f"unsupported dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    if not MIN_OPSET <= opset <= max_opset():
+        raise InfiniError(f"unsupported opset {opset} (choose {MIN_OPSET} to {max_opset()})")
+
+
+@contextmanager
+def _quiet_torch():
+    """Hide torch.onnx's warnings and log lines (torchvision missing, ...) from the output."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def trace(model: InfiniLlamaForCausalLM, opset: int) -> ir.Model:
+    """torch.onnx (dynamo) export of the step with B, T and P dynamic."""
     # Trace with every dynamic size >= 2 (torch.export specialises 0 and 1).
-    args = example_inputs(model, batch=2, tokens=min(3, c.segment_len), past=2)
+    args = example_inputs(model, batch=2, tokens=3, past=2)
     batch, tokens, past = Dim("batch"), Dim("tokens"), Dim("past")
     state_axes = {0: batch}
     dynamic_shapes = {
@@ -111,41 +136,90 @@ def export_model(
         "norm_acc": state_axes,
         "num_logits": None,
     }
-    t0 = time.perf_counter()
-    program = torch.onnx.export(
-        StepGraph(model),
-        args,
-        dynamic_shapes=dynamic_shapes,
-        input_names=list(contract.INPUT_NAMES),
-        output_names=list(contract.OUTPUT_NAMES),
-        opset_version=opset,
-        dynamo=True,
-        optimize=True,
-        verbose=False,
-    )
-    proto = program.model_proto
-    log(f"traced opset {opset} ({time.perf_counter() - t0:.1f}s)")
-    metadata = {
+    with _quiet_torch():
+        program = torch.onnx.export(
+            StepGraph(model).eval(),
+            args,
+            dynamic_shapes=dynamic_shapes,
+            input_names=list(contract.INPUT_NAMES),
+            output_names=list(contract.OUTPUT_NAMES),
+            opset_version=opset,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
+    return program.model
+
+
+def metadata(model_dir: Path, model: InfiniLlamaForCausalLM, variant: str) -> dict[str, str]:
+    """The ONNX metadata of SPEC section 3 (keys in infini_onnx.contract)."""
+    props = {
         contract.KEY_FORMAT_VERSION: str(contract.FORMAT_VERSION),
-        contract.KEY_CONFIG: json.dumps(c.to_dict(), sort_keys=True),
-        contract.KEY_VARIANT: "fp32",
+        contract.KEY_CONFIG: json.dumps(model.config.to_dict(), sort_keys=True),
+        contract.KEY_VARIANT: variant,
         contract.KEY_MODEL_ID: model_id(model_dir),
     }
     if (model_dir / TOKENIZER).is_file():
-        metadata[contract.KEY_TOKENIZER] = (model_dir / TOKENIZER).read_text()
-    onnx.helper.set_model_props(proto, metadata)
-    save_atomic(proto, out_path)
+        props[contract.KEY_TOKENIZER] = (model_dir / TOKENIZER).read_text()
+    return props
+
+
+def export_model(
+    model_dir: str | Path,
+    out_path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    log: Callable[[str], None] = lambda msg: None,
+    *,
+    dtype: str = "fp32",
+    external_data: bool = False,
+    validate: bool = False,
+) -> Path:
+    """Export the step graph of `model_dir` to `out_path`, written atomically.
+
+    dtype: "fp32" or "fp16" (weights, activations and cache; memory math and state float32).
+    external_data: always put the weights in OUT.onnx.data (they go there anyway past
+    EXTERNAL_DATA_BYTES). validate: compare with PyTorch in ONNX Runtime before the file is
+    put in place (raises ValidationError). The graph always passes onnx.checker (full check).
+    """
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    check_options(dtype, opset)
+    with atomic_output(out_path) as tmp_path:
+        with stage(log, f"load {model_dir} ({dtype})") as s:
+            model = from_pretrained(model_dir, dtype=DTYPES[dtype])
+            s.detail = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
+        with stage(log, f"trace step graph (opset {opset})"):
+            onnx_model = trace(model, opset)
+        with stage(log, "finalize graph") as s:
+            n = finalize(onnx_model, opset, metadata(model_dir, model, dtype))
+            s.detail = f"{n} memory-path nodes"
+        with stage(log, "save") as s:
+            weights = sum(v.const_value.nbytes for v in onnx_model.graph.initializers.values())
+            external = external_data or weights > EXTERNAL_DATA_BYTES
+            data = data_file_name(out_path) if external else None
+            ir.save(onnx_model, tmp_path, external_data=data)
+            s.detail = f"{weights / 1e6:.1f} MB of weights" + (f" in {data}" if data else "")
+        with stage(log, "onnx.checker (full check)"):
+            try:
+                onnx.checker.check_model(str(tmp_path), full_check=True)
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+                first = str(e).strip().splitlines()[0]
+                raise InfiniError(f"exported graph fails onnx.checker: {first}") from None
+        if validate:
+            _validate(tmp_path, model, dtype, log, out_path)
     return out_path
 
 
-def save_atomic(proto: onnx.ModelProto, out_path: Path) -> None:
-    """Write to a temporary name beside out_path, then rename: never a half-written file."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, out_path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise InfiniError(f"{out_path}: cannot write ({e.strerror or e})") from None
+def _validate(path: Path, model: InfiniLlamaForCausalLM, dtype: str, log, out_path: Path) -> None:
+    from infini_onnx.export.validate import (
+        ValidationError,
+        format_diffs,
+        providers_for,
+        validate_export,
+    )
+
+    with stage(log, "validate against PyTorch in ONNX Runtime") as s:
+        try:
+            diffs = validate_export(path, model, dtype, providers_for(dtype))
+        except ValidationError as e:
+            raise ValidationError(f"{e} ({out_path} not written)") from None
+        s.detail = f"max diffs: {format_diffs(diffs)}"

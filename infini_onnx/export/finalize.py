@@ -1,0 +1,62 @@
+"""Turn the traced graph into the contract's file (SPEC section 3), in onnx_ir (any size).
+
+- IR version: the lowest one the opset allows, so that older ONNX Runtime builds load it
+  (torch writes IR 10, which ORT < 1.17 refuses).
+- Node metadata (stack traces with absolute paths) dropped: the bytes depend only on the input.
+- Memory-path nodes renamed with MEMORY_PREFIX.
+- Output dimensions named after the contract (`logits_len`, `present_len`) instead of the
+  tracer's symbolic expressions.
+- The model metadata of SPEC section 3.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+
+from infini_onnx.errors import InfiniError
+from infini_onnx.export.memory_path import MEMORY_PREFIX, NodeRef, find_memory_path
+
+# Output -> {axis: name} for the dimensions the tracer names with expressions.
+OUTPUT_DIMS = {
+    "logits": {1: "logits_len"},
+    "present_key": {3: "present_len"},
+    "present_value": {3: "present_len"},
+}
+
+
+def finalize(model: ir.Model, opset: int, metadata: dict[str, str]) -> int:
+    """Apply the fixes above in place; returns the number of memory-path nodes."""
+    got = model.opset_imports.get("")
+    if got != opset:
+        raise InfiniError(f"unsupported opset {opset}: the exporter produced opset {got}")
+    model.ir_version = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
+    nodes = list(model.graph)
+    for node in nodes:
+        node.metadata_props.clear()
+    memory = name_memory_path(model.graph, nodes)
+    for value in model.graph.outputs:
+        for axis, name in OUTPUT_DIMS.get(value.name, {}).items():
+            dims = list(value.shape)
+            dims[axis] = ir.SymbolicDim(name)
+            value.shape = ir.Shape(dims)
+    model.metadata_props.update(metadata)
+    return memory
+
+
+def name_memory_path(graph: ir.Graph, nodes: list[ir.Node]) -> int:
+    """Prefix the memory-path nodes' names with MEMORY_PREFIX; returns how many."""
+    refs = [
+        NodeRef(
+            n.op_type,
+            [v.name if v is not None else "" for v in n.inputs],
+            [v.name for v in n.outputs],
+        )
+        for n in nodes
+    ]
+    constants = set(graph.initializers)
+    constants.update(n.outputs[0].name for n in nodes if n.op_type == "Constant")
+    found = find_memory_path(refs, constants)
+    for i in found:
+        nodes[i].name = MEMORY_PREFIX + (nodes[i].name or f"node_{i}")
+    return len(found)

@@ -1,0 +1,163 @@
+"""Check an exported step graph in ONNX Runtime against the PyTorch reference over a stream.
+
+The stream (batch 2, different tokens per row): one whole-segment call (P = 0, T = N), a
+partial segment (T = N - 3), then token-by-token decoding across the next segment boundary.
+ONNX Runtime runs its own copy of the SPEC section 3 loop; the reference is the model's
+`forward`, which splits and rolls the state by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from infini_onnx.errors import InfiniError
+from infini_onnx.model import InfiniLlamaForCausalLM, StreamState
+
+STATE_NAMES = ("memory", "norm", "memory_acc", "norm_acc", "past_key", "past_value")
+DECODE_TOKENS = 6
+
+
+class ValidationError(InfiniError):
+    """The exported graph disagrees with the PyTorch reference."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """logits and cache: |diff| <= logits * max(1, max|ref|); memory/norm: |diff| <= state *
+    max|ref| (relative)."""
+
+    logits: float
+    state: float
+
+
+TOLERANCES = {"fp32": Tolerance(1e-4, 1e-5), "fp16": Tolerance(2e-2, 1e-2)}
+
+
+def stream_chunks(segment_len: int) -> list[int]:
+    """Tokens per call: a whole segment, a partial one, then single tokens across a boundary."""
+    partial = max(1, segment_len - DECODE_TOKENS // 2)
+    return [segment_len, partial] + [1] * DECODE_TOKENS
+
+
+def onnx_stream(
+    session, input_ids: np.ndarray, chunks: list[int], segment_len: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run `input_ids` [B, S] through the graph in calls of `chunks` tokens (SPEC section 3)."""
+    by_name = {i.name: i for i in session.get_inputs()}
+    B = input_ids.shape[0]
+    L, G, d = (int(x) for x in by_name["norm"].shape[1:])
+    cache_dtype = np.float16 if by_name["past_key"].type == "tensor(float16)" else np.float32
+    memory = np.zeros((B, L, G, d, d), np.float32)
+    norm = np.zeros((B, L, G, d), np.float32)
+    state = {
+        "memory": memory,
+        "norm": norm,
+        "memory_acc": memory,
+        "norm_acc": norm,
+        "past_key": np.zeros((B, L, G, 0, d), cache_dtype),
+        "past_value": np.zeros((B, L, G, 0, d), cache_dtype),
+    }
+    logits, start = [], 0
+    for take in chunks:
+        feeds = {
+            **state,
+            "input_ids": input_ids[:, start : start + take],
+            "num_logits": np.array([take], np.int64),
+        }
+        out, key, value, mem_acc, norm_acc = session.run(None, feeds)
+        logits.append(out)
+        start += take
+        if key.shape[3] == segment_len:
+            empty = key[:, :, :, :0]
+            state = dict(zip(STATE_NAMES, (mem_acc, norm_acc, mem_acc, norm_acc, empty, empty)))
+        else:
+            state.update(memory_acc=mem_acc, norm_acc=norm_acc, past_key=key, past_value=value)
+    return np.concatenate(logits, axis=1), state
+
+
+@torch.no_grad()
+def torch_stream(
+    model: InfiniLlamaForCausalLM, input_ids: np.ndarray, chunks: list[int]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The reference: `model.forward` on the same chunks, carrying its StreamState."""
+    ids = torch.from_numpy(input_ids)
+    state: StreamState | None = None
+    logits, start = [], 0
+    for take in chunks:
+        out, state = model(ids[:, start : start + take], state)
+        logits.append(out)
+        start += take
+    as_np = {name: getattr(state, name).float().numpy() for name in STATE_NAMES}
+    return torch.cat(logits, dim=1).float().numpy(), as_np
+
+
+def compare(
+    ref: tuple[np.ndarray, dict[str, np.ndarray]],
+    got: tuple[np.ndarray, dict[str, np.ndarray]],
+    tol: Tolerance,
+) -> tuple[dict[str, float], list[str]]:
+    """Max differences (absolute for logits and cache, relative for memory/norm) and failures."""
+    diffs, failures = {}, []
+    pairs = [("logits", ref[0], got[0])]
+    pairs += [(name, ref[1][name], got[1][name]) for name in STATE_NAMES]
+    for name, r, g in pairs:
+        if r.shape != g.shape:
+            failures.append(f"{name} shape {list(g.shape)}, expected {list(r.shape)}")
+            continue
+        diff = float(np.abs(r - g.astype(np.float32)).max()) if r.size else 0.0
+        scale = float(np.abs(r).max()) if r.size else 0.0
+        if name in ("logits", "past_key", "past_value"):
+            diffs[name], limit = diff, tol.logits * max(1.0, scale)
+        else:
+            diffs[name], limit = diff / max(scale, 1e-30), tol.state
+            diff = diffs[name]
+        if not diff <= limit:  # also catches NaN
+            failures.append(f"{name} differs by {diff:.2e} (tolerance {limit:.1e})")
+    return diffs, failures
+
+
+def validate_export(
+    onnx_path: str | Path,
+    model: InfiniLlamaForCausalLM,
+    variant: str = "fp32",
+    providers: list[str] | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Run the stream above in ONNX Runtime and in PyTorch; raise ValidationError when any
+    difference is over TOLERANCES[variant]. Returns the max differences."""
+    import onnxruntime as ort
+
+    c = model.config
+    chunks = stream_chunks(c.segment_len)
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, c.vocab_size, (2, sum(chunks)), generator=g).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
+    got = onnx_stream(session, input_ids, chunks, c.segment_len)
+    ref = torch_stream(model, input_ids, chunks)
+    diffs, failures = compare(ref, got, TOLERANCES[variant])
+    if failures:
+        raise ValidationError(
+            f"validation failed: ONNX Runtime disagrees with PyTorch: {'; '.join(failures)}"
+        )
+    return diffs
+
+
+def format_diffs(diffs: dict[str, float]) -> str:
+    """One line: logits 3.1e-07, memory 2.0e-08 (rel), ..."""
+    rel = {"memory", "norm", "memory_acc", "norm_acc"}
+    return ", ".join(
+        f"{name} {value:.1e}{' (rel)' if name in rel else ''}" for name, value in diffs.items()
+    )
+
+
+def providers_for(variant: str) -> list[str]:
+    """ONNX Runtime providers to validate a variant with."""
+    import onnxruntime as ort
+
+    if variant == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
