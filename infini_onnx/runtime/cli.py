@@ -2,22 +2,135 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from typing import TextIO
+
 import click
 
 from infini_onnx.cli_utils import one_line_errors
+from infini_onnx.runtime.errors import InputError
+from infini_onnx.runtime.graph import DEVICES
+from infini_onnx.runtime.model import InfiniModel
+from infini_onnx.runtime.progress import Progress
+from infini_onnx.runtime.stream import Stream
+from infini_onnx.runtime.text import encode_chunks
+
+BLOCK_CHARS = 1 << 16  # text read and tokenized per chunk
+
+
+def _model_options(fn: Callable) -> Callable:
+    options = [
+        click.argument("model", type=click.Path(dir_okay=False)),
+        click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True),
+        click.option("--threads", type=int, default=None, help="Intra-op threads (default: all)."),
+        click.option("--resume", type=click.Path(dir_okay=False), help="Continue a saved state."),
+        click.option(
+            "--save-state", type=click.Path(dir_okay=False), help="Save the state at the end."
+        ),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), fn)
+
+
+def _generation_options(fn: Callable) -> Callable:
+    options = [
+        click.option("--prompt", default=None, help="Text fed before generating."),
+        click.option(
+            "--temperature", type=float, default=0.8, show_default=True, help="0 is greedy."
+        ),
+        click.option("--top-k", type=int, default=None),
+        click.option("--top-p", type=float, default=None),
+        click.option("--seed", type=int, default=None),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), fn)
+
+
+def _open_stream(model_path: str, device: str, threads: int | None, resume: str | None):
+    model = InfiniModel(model_path, device=device, threads=threads)
+    return model, (model.load_stream(resume) if resume else model.stream())
+
+
+def _text_blocks(f: TextIO) -> Iterator[str]:
+    return iter(lambda: f.read(BLOCK_CHARS), "")
+
+
+def _generate(stream: Stream, n: int, prompt: str | None, **sampling) -> None:
+    """Write generated text to stdout as it comes."""
+    for piece in stream.generate_text(prompt, max_new_tokens=n, **sampling):
+        click.echo(piece, nl=False)
+        sys.stdout.flush()
+    click.echo()
+
+
+def _finish(stream: Stream, save_state: str | None) -> None:
+    if save_state:
+        stream.save(save_state)
+        click.echo(f"saved state to {save_state} ({stream.tokens_seen:,} tokens)", err=True)
 
 
 @click.command("stream")
-@click.argument("model", type=click.Path(dir_okay=False))
+@_model_options
+@click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--generate",
+    "generate_n",
+    type=int,
+    default=0,
+    metavar="N",
+    help="Generate N tokens at the end.",
+)
+@_generation_options
+@click.option("--progress/--no-progress", default=True, show_default=True)
 @one_line_errors
-def stream_command(model: str) -> None:
-    """Stream text through MODEL.onnx (not implemented yet)."""
-    raise click.ClickException("not implemented yet")
+def stream_command(
+    model: str,
+    device: str,
+    threads: int | None,
+    resume: str | None,
+    save_state: str | None,
+    file: str | None,
+    generate_n: int,
+    prompt: str | None,
+    progress: bool,
+    **sampling,
+) -> None:
+    """Stream a text FILE (or - for stdin) of any size through MODEL.onnx.
+
+    Memory stays flat whatever the length; a progress line shows tokens, tokens/s and resident
+    memory. Then optionally generate, and save the state to resume later.
+    """
+    if file is None and not (generate_n or save_state):
+        raise InputError("nothing to do: give a FILE (or -), --generate N or --save-state")
+    onnx_model, stream = _open_stream(model, device, threads, resume)
+    if file is not None:
+        meter = Progress() if progress else None
+        with click.open_file(file, encoding="utf-8", errors="replace") as f:
+            chunks = encode_chunks(onnx_model.tokenizer, _text_blocks(f))
+            stream.feed(meter.track(chunks) if meter else chunks)
+        if meter:
+            meter.close()
+    if generate_n:
+        _generate(stream, generate_n, prompt, **sampling)
+    _finish(stream, save_state)
 
 
 @click.command("generate")
-@click.argument("model", type=click.Path(dir_okay=False))
+@_model_options
+@_generation_options
+@click.option("--max-new-tokens", "-n", type=int, default=128, show_default=True)
 @one_line_errors
-def generate_command(model: str) -> None:
-    """Generate text from a prompt (not implemented yet)."""
-    raise click.ClickException("not implemented yet")
+def generate_command(
+    model: str,
+    device: str,
+    threads: int | None,
+    resume: str | None,
+    save_state: str | None,
+    prompt: str | None,
+    max_new_tokens: int,
+    **sampling,
+) -> None:
+    """Generate text from a prompt (and/or a resumed state) with MODEL.onnx."""
+    _, stream = _open_stream(model, device, threads, resume)
+    _generate(stream, max_new_tokens, prompt, **sampling)
+    _finish(stream, save_state)

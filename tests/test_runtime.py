@@ -1,0 +1,173 @@
+"""The runtime against the PyTorch reference: feeding, generation, batches, forks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infini_onnx.runtime import InfiniModel, InputError
+
+VARIANTS = [("delta", True), ("linear", False)]
+
+
+def reference_run(model_dir: Path, ids: list[int], new_tokens: int = 0):
+    """The PyTorch reference: logits of every token of `ids` [S, V], then greedy tokens and the
+    next-token logits after them."""
+    import torch
+
+    from infini_onnx.model import from_pretrained
+
+    model = from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        logits, state = model(torch.tensor([ids]))
+        prompt_logits, generated = logits[0].numpy(), []
+        for _ in range(new_tokens):
+            token = int(logits[0, -1].argmax())
+            generated.append(token)
+            logits, state = model(torch.tensor([[token]]), state)
+    return prompt_logits, generated, logits[0, -1].numpy()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_onnx):
+    return InfiniModel(tiny_onnx[1], threads=1)
+
+
+def random_ids(n: int, seed: int = 0) -> list[int]:
+    return np.random.default_rng(seed).integers(0, 258, n).tolist()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_feed_and_generate_match_reference(onnx_factory, variant):
+    model_dir, onnx_path = onnx_factory(*variant)
+    model = InfiniModel(onnx_path, threads=1)
+    ids = random_ids(75)  # two whole segments of 32 and a tail: folded into memory
+    ref_logits, ref_tokens, ref_last = reference_run(model_dir, ids, new_tokens=40)
+
+    stream = model.stream()
+    logits = stream.feed(ids, all_logits=True)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
+    tokens = list(stream.generate(max_new_tokens=40, temperature=0, stop=()))
+    assert tokens == ref_tokens
+    np.testing.assert_allclose(stream.logits, ref_last, atol=1e-4, rtol=0)
+    assert stream.tokens_seen == 115
+
+    fresh = model.stream()
+    assert list(fresh.generate(ids, max_new_tokens=40, temperature=0, stop=())) == ref_tokens
+
+
+def test_chunks_of_any_size_give_the_same_result(tiny_model):
+    ids = random_ids(200, seed=1)
+    whole = tiny_model.stream()
+    expected = whole.feed(ids, all_logits=True)
+    cuts = [0, 1, 5, 37, 64, 65, 130, 200]
+    for chunks in (
+        [ids[a:b] for a, b in zip(cuts, cuts[1:])],
+        (np.array(ids[a:b]) for a, b in zip(cuts, cuts[1:])),  # a lazy iterable
+        iter(ids),  # one token at a time
+    ):
+        stream = tiny_model.stream()
+        np.testing.assert_allclose(stream.feed(chunks, all_logits=True), expected, atol=1e-5)
+        np.testing.assert_allclose(stream.logits, whole.logits, atol=1e-5)
+        assert stream.tokens_seen == 200
+        assert stream.state.cached == 200 % 32
+
+
+def test_whole_segments_take_one_call_each(tiny_model, monkeypatch):
+    calls = []
+    step = tiny_model.step
+    monkeypatch.setattr(
+        tiny_model,
+        "step",
+        lambda s, ids, n=1: calls.append((s.cached, ids.shape[1], n)) or step(s, ids, n),
+    )
+    stream = tiny_model.stream()
+    stream.feed(random_ids(10))
+    stream.feed([random_ids(50), random_ids(60)])  # 22 to end the segment, 2 whole, a tail of 24
+    assert calls == [(0, 10, 1), (10, 22, 1), (0, 32, 1), (0, 32, 1), (0, 24, 1)]
+
+
+def test_feed_text_uses_the_metadata_tokenizer(tiny_model):
+    a, b = tiny_model.stream(), tiny_model.stream()
+    a.feed_text("héllo, world")
+    b.feed(list("héllo, world".encode()))
+    np.testing.assert_array_equal(a.logits, b.logits)
+    c = tiny_model.stream()
+    c.feed_text(["hé", "llo, ", "world"])
+    np.testing.assert_allclose(c.logits, a.logits, atol=1e-5)
+
+
+def test_generate_text_and_sampling_options(tiny_model):
+    prompt = "The quick brown fox"
+    greedy = list(tiny_model.stream().generate(prompt, 30, temperature=0, stop=()))
+    assert list(tiny_model.stream().generate(prompt, 30, top_k=1, stop=())) == greedy
+    one = list(tiny_model.stream().generate(prompt, 30, temperature=1.0, top_p=0.9, seed=7))
+    two = list(tiny_model.stream().generate(prompt, 30, temperature=1.0, top_p=0.9, seed=7))
+    assert one == two
+    text = "".join(
+        tiny_model.stream().generate_text(prompt, max_new_tokens=30, temperature=0, stop=())
+    )
+    assert isinstance(text, str) and text
+    empty = tiny_model.stream()
+    assert len(list(empty.generate(max_new_tokens=3, stop=()))) == 3  # starts from bos
+    assert empty.tokens_seen == 4
+
+
+def test_stop_token_is_yielded_and_ends_generation(tiny_model):
+    stream = tiny_model.stream()
+    first = list(stream.fork().generate("abc", 50, temperature=0, stop=()))
+    stop = first[5]
+    tokens = list(stream.generate("abc", 50, temperature=0, stop=[stop]))
+    assert tokens == first[: first.index(stop) + 1]
+    assert stream.tokens_seen == 3 + len(tokens)
+
+
+def test_fork_and_reset(tiny_model):
+    stream = tiny_model.stream()
+    stream.feed(random_ids(40))
+    fork = stream.fork()
+    a = list(stream.generate(max_new_tokens=10, temperature=0, stop=()))
+    b = list(fork.generate(max_new_tokens=10, temperature=0, stop=()))
+    assert a == b and stream.tokens_seen == fork.tokens_seen == 50
+    stream.reset()
+    assert stream.tokens_seen == 0 and stream.logits is None and stream.state.cached == 0
+    assert fork.tokens_seen == 50
+
+
+def test_batch_equals_one_by_one(tiny_model):
+    histories = [random_ids(n, seed=n) for n in (10, 42, 74)]  # all at position 10 of a segment
+    new = np.array([random_ids(50, seed=100 + i) for i in range(3)])
+    singles = []
+    for history, row in zip(histories, new):
+        s = tiny_model.stream()
+        s.feed(history)
+        logits = s.feed(row, all_logits=True)
+        tokens = list(s.generate(max_new_tokens=25, temperature=0, stop=()))
+        singles.append((logits, tokens, s))
+
+    streams = []
+    for history in histories:
+        streams.append(tiny_model.stream())
+        streams[-1].feed(history)
+    batch = tiny_model.batch(streams)
+    logits = batch.feed(new, all_logits=True)
+    tokens = np.stack(list(batch.generate(max_new_tokens=25, temperature=0)), axis=1)
+    assert batch.tokens_seen == [85, 117, 149]
+    for i, (single_logits, single_tokens, _) in enumerate(singles):
+        np.testing.assert_allclose(logits[i], single_logits, atol=1e-5)
+        assert tokens[i].tolist() == single_tokens
+    for back, (_, _, single) in zip(batch.split(), singles):
+        assert back.tokens_seen == single.tokens_seen
+        np.testing.assert_allclose(back.logits, single.logits, atol=1e-5)
+        a, b = tiny_model.to_host(back.state), tiny_model.to_host(single.state)
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], atol=1e-4, err_msg=name)
+
+
+def test_batch_refuses_streams_at_different_positions(tiny_model):
+    a, b = tiny_model.stream(), tiny_model.stream()
+    a.feed(random_ids(3))
+    with pytest.raises(InputError, match="same position"):
+        tiny_model.batch([a, b])
