@@ -43,9 +43,9 @@ class Progress:
     """`tokens 1,234,567 | 45,678 tok/s | RSS 71.3 MB`, redrawn in place at most 10 times a
     second on a terminal; otherwise only the final line is written."""
 
-    def __init__(self, out: TextIO = sys.stderr, interval: float = 0.1):
-        self.out, self.interval = out, interval
-        self.live = out.isatty()
+    def __init__(self, out: TextIO | None = None, interval: float = 0.1):
+        self.out, self.interval = out or sys.stderr, interval
+        self.live = self.out.isatty()
         self.tokens = 0
         self.start = self.drawn = time.perf_counter()
 

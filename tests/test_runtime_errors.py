@@ -1,0 +1,176 @@
+"""Bad input: clear errors, no crash, and the stream keeps its previous state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from infini_onnx.runtime import (
+    DeviceError,
+    InfiniModel,
+    InputError,
+    ModelFileError,
+    NonFiniteError,
+)
+
+
+def edited_copy(onnx_path: Path, out: Path, edit) -> Path:
+    """A copy of an exported graph after edit(model_proto)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    edit(proto)
+    onnx.save(proto, str(out))
+    return out
+
+
+def set_metadata(key: str, value: str | None):
+    """An edit that sets (or with None removes) one metadata entry."""
+
+    def edit(proto) -> None:
+        props = {p.key: p.value for p in proto.metadata_props}
+        if value is None:
+            props.pop(key, None)
+        else:
+            props[key] = value
+        del proto.metadata_props[:]
+        for k, v in props.items():
+            proto.metadata_props.add(key=k, value=v)
+
+    return edit
+
+
+def poison_embedding(token: int):
+    """An edit that makes the embedding row of `token` inf (NaN downstream)."""
+
+    def edit(proto) -> None:
+        from onnx import numpy_helper
+
+        gathers = {n.input[0] for n in proto.graph.node if n.op_type == "Gather"}
+        for init in proto.graph.initializer:
+            if init.name in gathers and len(init.dims) == 2 and "embed" in init.name:
+                table = numpy_helper.to_array(init).copy()
+                table[token] = np.inf
+                init.CopyFrom(numpy_helper.from_array(table, init.name))
+                return
+        raise AssertionError("no embedding table found")
+
+    return edit
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_onnx):
+    return InfiniModel(tiny_onnx[1], threads=1)
+
+
+@pytest.mark.parametrize(
+    "tokens, message",
+    [
+        ([1, 2, 258], "token id 258 outside the vocabulary"),
+        ([-1], "token id -1 outside the vocabulary"),
+        (np.array([1.0, 2.0]), "must be integers"),
+        ([], "empty input"),
+        (iter([]), "empty input"),
+        ([[], []], "empty input"),
+        ([list(range(40)), [7, 300]], "token id 300"),  # after a whole segment was run
+        ("text", "expected a sequence of token ids"),
+    ],
+)
+def test_bad_tokens_leave_the_stream_intact(tiny_model, tokens, message):
+    stream = tiny_model.stream()
+    stream.feed([5, 6, 7])
+    before = stream.state
+    with pytest.raises(InputError, match=message):
+        stream.feed(tokens)
+    assert stream.state is before and stream.tokens_seen == 3
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(temperature=-1), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+    ],
+)
+def test_bad_generation_options(tiny_model, options, message):
+    with pytest.raises(InputError, match=message):
+        tiny_model.stream().generate("hi", **options)
+
+
+def test_bad_prompt_leaves_the_stream_intact(tiny_model):
+    stream = tiny_model.stream()
+    stream.feed([1, 2])
+    before = stream.state
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        list(stream.generate([1, 999], max_new_tokens=3))
+    assert stream.state is before
+
+
+def test_nan_in_the_state_is_detected_and_the_last_good_state_kept(tiny_model, tiny_onnx, tmp_path):
+    path = edited_copy(tiny_onnx[1], tmp_path / "poisoned.onnx", poison_embedding(65))
+    poisoned = InfiniModel(path, threads=1)
+    stream = poisoned.stream()
+    stream.feed([1, 2, 3])
+    before = stream.state
+    with pytest.raises(NonFiniteError, match="NaN or inf"):
+        stream.feed([4, 65, 5])
+    assert stream.state is before
+    with pytest.raises(NonFiniteError):
+        stream.feed([*range(40), 65])  # after a whole segment: the feed is all or nothing
+    assert stream.state is before
+    stream.feed([4, 5])
+    clean = tiny_model.stream()
+    clean.feed([1, 2, 3, 4, 5])
+    np.testing.assert_allclose(stream.logits, clean.logits, atol=1e-6)
+
+
+def test_missing_non_onnx_and_truncated_model_files(tiny_onnx, tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        InfiniModel(tmp_path / "missing.onnx")
+    text = tmp_path / "text.onnx"
+    text.write_text("not a model")
+    with pytest.raises(ModelFileError, match="not a readable ONNX model"):
+        InfiniModel(text)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(Path(tiny_onnx[1]).read_bytes()[:-5000])
+    with pytest.raises(ModelFileError, match="truncated"):
+        InfiniModel(truncated)
+
+
+def test_metadata_missing_or_of_unknown_version(tiny_onnx, tmp_path):
+    bare = edited_copy(
+        tiny_onnx[1], tmp_path / "bare.onnx", set_metadata("infini.format_version", None)
+    )
+    with pytest.raises(ModelFileError, match="not a step graph exported by infini-onnx"):
+        InfiniModel(bare)
+    future = edited_copy(
+        tiny_onnx[1], tmp_path / "v2.onnx", set_metadata("infini.format_version", "2")
+    )
+    with pytest.raises(ModelFileError, match="format version 2 is not supported"):
+        InfiniModel(future)
+
+
+def test_model_without_tokenizer_works_on_ids(tiny_onnx, tmp_path):
+    path = edited_copy(tiny_onnx[1], tmp_path / "ids.onnx", set_metadata("infini.tokenizer", None))
+    model = InfiniModel(path, threads=1)
+    assert model.tokenizer is None
+    stream = model.stream()
+    stream.feed([1, 2, 3])
+    with pytest.raises(InputError, match="no tokenizer"):
+        stream.feed_text("hello")
+    with pytest.raises(InputError, match="no tokenizer"):
+        stream.generate("hello")
+    assert stream.tokens_seen == 3
+
+
+def test_unavailable_device(tiny_onnx):
+    with pytest.raises(DeviceError, match="unknown device"):
+        InfiniModel(tiny_onnx[1], device="tpu")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(DeviceError, match="onnxruntime-gpu"):
+            InfiniModel(tiny_onnx[1], device="cuda")
