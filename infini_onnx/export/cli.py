@@ -11,7 +11,7 @@ from infini_onnx.cli_utils import one_line_errors
 
 @click.command("export")
 @click.argument("model_dir", type=click.Path())
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path())
 @click.option(
     "--dtype",
     default="fp32",

@@ -58,5 +58,6 @@ def name_memory_path(graph: ir.Graph, nodes: list[ir.Node]) -> int:
     constants.update(n.outputs[0].name for n in nodes if n.op_type == "Constant")
     found = find_memory_path(refs, constants)
     for i in found:
-        nodes[i].name = MEMORY_PREFIX + (nodes[i].name or f"node_{i}")
+        name = nodes[i].name or f"node_{i}"
+        nodes[i].name = name if name.startswith(MEMORY_PREFIX) else MEMORY_PREFIX + name
     return len(found)

@@ -1,0 +1,330 @@
+"""The ONNX step graph (SPEC section 3): numerics against PyTorch, contract, files, CLI.
+
+The stream loop here drives ONNX Runtime directly (independent of infini_onnx.runtime and of
+the exporter's own validation loop).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from infini_onnx import contract
+from infini_onnx.export import exporter, validate
+from infini_onnx.export.cli import export_command
+from infini_onnx.export.memory_path import MEMORY_PREFIX, STATE_INPUTS, memory_node_names
+from infini_onnx.model import from_pretrained
+
+VARIANTS = [("delta", True), ("linear", False), ("linear", True), ("delta", False)]
+STATE = ("memory", "norm", "memory_acc", "norm_acc", "past_key", "past_value")
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def new_state(config, batch: int, cache_dtype=np.float32) -> dict[str, np.ndarray]:
+    L, G, d = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+    memory, norm = np.zeros((batch, L, G, d, d), np.float32), np.zeros((batch, L, G, d), np.float32)
+    cache = np.zeros((batch, L, G, 0, d), cache_dtype)
+    return dict(memory=memory, norm=norm, memory_acc=memory, norm_acc=norm, past_key=cache,
+                past_value=cache)  # fmt: skip
+
+
+def ort_stream(sess, config, ids: np.ndarray, chunks: list[int], on_call=None):
+    """The SPEC section 3 loop: returns all logits [B, S, V] and the final state."""
+    cache_dtype = np.float16 if sess.get_inputs()[1].type == "tensor(float16)" else np.float32
+    state, logits, start = new_state(config, ids.shape[0], cache_dtype), [], 0
+    for take in chunks:
+        feeds = dict(state, input_ids=ids[:, start : start + take], num_logits=np.array([take]))
+        out, key, value, mem_acc, norm_acc = sess.run(None, feeds)
+        start += take
+        logits.append(out)
+        if key.shape[3] == config.segment_len:
+            state = dict(memory=mem_acc, norm=norm_acc, memory_acc=mem_acc, norm_acc=norm_acc,
+                         past_key=key[:, :, :, :0], past_value=value[:, :, :, :0])  # fmt: skip
+        else:
+            state.update(memory_acc=mem_acc, norm_acc=norm_acc, past_key=key, past_value=value)
+        if on_call:
+            on_call(key.shape[3], state)
+    return np.concatenate(logits, axis=1), state
+
+
+@torch.no_grad()
+def torch_stream(model, ids: np.ndarray, chunks: list[int]):
+    state, logits, start = None, [], 0
+    for take in chunks:
+        out, state = model(torch.from_numpy(ids[:, start : start + take]), state)
+        logits.append(out)
+        start += take
+    return torch.cat(logits, 1).numpy(), {k: getattr(state, k).float().numpy() for k in STATE}
+
+
+def random_ids(batch: int, n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 258, (batch, n)).astype(np.int64)
+
+
+def rel(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(np.abs(ref - got.astype(np.float32)).max() / np.abs(ref).max())
+
+
+# --- numerics -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("memory_update,gqa", VARIANTS)
+def test_stream_matches_pytorch(onnx_factory, memory_update, gqa):
+    """Whole segments, a partial one, then decoding across a boundary; batch 2, distinct rows."""
+    model_dir, path = onnx_factory(memory_update, gqa)
+    model = from_pretrained(model_dir)
+    N = model.config.segment_len
+    chunks = [N, N, N - 3] + [1] * 6
+    ids = random_ids(2, sum(chunks))
+    assert not np.array_equal(ids[0], ids[1])
+    ref_logits, ref_state = torch_stream(model, ids, chunks)
+    logits, state = ort_stream(session(path), model.config, ids, chunks)
+    assert np.abs(ref_logits - logits).max() < 1e-4
+    for name in ("memory", "norm", "memory_acc", "norm_acc"):
+        assert rel(ref_state[name], state[name]) < 1e-5, name
+    for name in ("past_key", "past_value"):
+        assert state[name].shape[3] == 3
+        assert np.abs(ref_state[name] - state[name]).max() < 1e-4, name
+
+
+def step_inputs(model, batch: int, tokens: int, past: int, num_logits: int, seed: int = 1):
+    args = exporter.example_inputs(model, batch, tokens, past, num_logits, seed=seed)
+    return {name: t.numpy() for name, t in zip(contract.INPUT_NAMES, args, strict=True)}
+
+
+@torch.no_grad()
+def torch_step(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    args = [torch.from_numpy(feeds[name]) for name in contract.INPUT_NAMES[:-1]]
+    return [t.numpy() for t in model.step(*args, num_logits=int(feeds["num_logits"][0]))]
+
+
+@pytest.mark.parametrize(
+    "batch,tokens,past,num_logits",
+    [(3, 5, 7, 5), (3, 5, 7, 2), (1, 1, 0, 1), (2, 4, 0, 10), (1, 32, 0, 1), (2, 1, 31, 1)],
+)
+def test_dynamic_shapes(tiny_onnx, batch, tokens, past, num_logits):
+    """Nothing is fixed at trace time (B=2, T=3, P=2): other sizes, T=1, P=0, num_logits > T."""
+    model_dir, path = tiny_onnx
+    model = from_pretrained(model_dir)
+    feeds = step_inputs(model, batch, tokens, past, num_logits)
+    got = session(path).run(None, feeds)
+    ref = torch_step(model, feeds)
+    assert got[0].shape == (batch, min(num_logits, tokens), 258)
+    assert got[1].shape == got[2].shape == (batch, 2, 2, past + tokens, 16)
+    for r, g in zip(ref, got, strict=True):
+        assert r.shape == g.shape
+        assert np.abs(r - g).max() < 1e-4 * max(1.0, float(np.abs(r).max()))
+
+
+def test_reference_evaluator(tiny_onnx):
+    """The file is valid ONNX: the reference implementation of the standard runs it too."""
+    from onnx.reference import ReferenceEvaluator
+
+    model_dir, path = tiny_onnx
+    model = from_pretrained(model_dir)
+    feeds = step_inputs(model, batch=2, tokens=3, past=2, num_logits=2)
+    got = ReferenceEvaluator(str(path)).run(None, feeds)
+    for r, g in zip(torch_step(model, feeds), got, strict=True):
+        assert r.shape == g.shape
+        assert np.abs(r - g).max() < 1e-4
+
+
+def test_state_is_constant_size_over_50_segments(tiny_onnx):
+    """State shapes after 1 and 50 segments are equal; the cache never exceeds segment_len."""
+    model_dir, path = tiny_onnx
+    config = from_pretrained(model_dir).config
+    N = config.segment_len
+    # Alternate whole-segment calls with segments fed as a chunk plus single tokens.
+    chunks = [c for s in range(50) for c in ([N] if s % 2 == 0 else [N - 4, 1, 1, 1, 1])]
+    sizes, shapes = [], []
+
+    def on_call(present_len, state):
+        sizes.append(present_len)
+        if state["past_key"].shape[3] == 0:
+            shapes.append({k: v.shape for k, v in state.items()})
+
+    _, state = ort_stream(session(path), config, random_ids(1, sum(chunks)), chunks, on_call)
+    assert len(shapes) == 50 and shapes[0] == shapes[-1]
+    assert max(sizes) == N
+    assert all(np.isfinite(v).all() for v in state.values())
+
+
+# --- the file -------------------------------------------------------------------------------
+
+
+def io_types(path: Path) -> dict[str, tuple[int, list]]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {
+        v.name: (
+            v.type.tensor_type.elem_type,
+            [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+        )  # fmt: skip
+        for v in [*graph.input, *graph.output]
+    }
+
+
+def test_contract_names_shapes_metadata(tiny_onnx):
+    model_dir, path = tiny_onnx
+    proto = onnx.load(str(path))
+    assert [i.name for i in proto.graph.input] == list(contract.INPUT_NAMES)
+    assert [o.name for o in proto.graph.output] == list(contract.OUTPUT_NAMES)
+    F, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    assert io_types(path) == {
+        "input_ids": (I64, ["batch", "tokens"]),
+        "past_key": (F, ["batch", 2, 2, "past", 16]),
+        "past_value": (F, ["batch", 2, 2, "past", 16]),
+        "memory": (F, ["batch", 2, 2, 16, 16]),
+        "norm": (F, ["batch", 2, 2, 16]),
+        "memory_acc": (F, ["batch", 2, 2, 16, 16]),
+        "norm_acc": (F, ["batch", 2, 2, 16]),
+        "num_logits": (I64, [1]),
+        "logits": (F, ["batch", "logits_len", 258]),
+        "present_key": (F, ["batch", 2, 2, "present_len", 16]),
+        "present_value": (F, ["batch", 2, 2, "present_len", 16]),
+        "memory_acc_out": (F, ["batch", 2, 2, 16, 16]),
+        "norm_acc_out": (F, ["batch", 2, 2, 16]),
+    }
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", exporter.DEFAULT_OPSET)]
+    assert proto.ir_version == 8  # ONNX Runtime 1.15 and 1.16 refuse IR 10
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta[contract.KEY_FORMAT_VERSION] == "1"
+    assert meta[contract.KEY_VARIANT] == "fp32"
+    assert json.loads(meta[contract.KEY_CONFIG]) == json.loads(
+        (model_dir / "config.json").read_text()
+    )
+    assert meta[contract.KEY_TOKENIZER] == (model_dir / "tokenizer.json").read_text()
+    assert len(meta[contract.KEY_MODEL_ID]) == 64
+    assert not any(n.metadata_props for n in proto.graph.node)  # no absolute paths
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def test_memory_path_names(tiny_onnx):
+    proto = onnx.load(str(tiny_onnx[1]))
+    nodes = proto.graph.node
+    names = memory_node_names(proto)
+    assert names and all(n.startswith(MEMORY_PREFIX) for n in names)
+    assert {n.name for n in nodes if n.name.startswith(MEMORY_PREFIX)} == set(names)
+    memory = [n for n in nodes if n.name in set(names)]
+    weights = {t.name for t in proto.graph.initializer}
+    # Every Elu (sigma) and every non-shape use of the memory state is on the path ...
+    assert sum(n.op_type == "Elu" for n in memory) == 2 * 2  # q and k, 2 layers
+    for n in nodes:
+        if n.op_type != "Shape" and set(n.input) & set(STATE_INPUTS):
+            assert n.name in names, n.name
+    # ... the memory MatMuls (activation x activation) are, no projection with a weight is.
+    assert sum(n.op_type == "MatMul" for n in memory) >= 2 * 4
+    assert not [n.name for n in memory if n.op_type == "MatMul" and n.input[1] in weights]
+    producers = {o: n for n in nodes for o in n.output}
+    assert all(producers[o].name in names for o in ("memory_acc_out", "norm_acc_out"))
+    assert producers["logits"].name not in names
+    # A graph whose names were rewritten gets the same nodes from the rule.
+    for n in nodes:
+        n.name = n.name.removeprefix(MEMORY_PREFIX)
+    assert memory_node_names(proto) == [n.removeprefix(MEMORY_PREFIX) for n in names]
+
+
+def test_export_is_deterministic(tiny_onnx, tmp_path):
+    model_dir, path = tiny_onnx
+    again = exporter.export_model(model_dir, tmp_path / "again.onnx")
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_fp16_structure_and_numerics(model_dir_factory, tmp_path):
+    model_dir = model_dir_factory()
+    path = exporter.export_model(model_dir, tmp_path / "fp16.onnx", dtype="fp16")
+    F, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    types = {name: t for name, (t, _) in io_types(path).items()}
+    assert types == dict(
+        input_ids=onnx.TensorProto.INT64, num_logits=onnx.TensorProto.INT64,
+        past_key=F16, past_value=F16, present_key=F16, present_value=F16, logits=F,
+        memory=F, norm=F, memory_acc=F, norm_acc=F, memory_acc_out=F, norm_acc_out=F,
+    )  # fmt: skip
+    proto = onnx.load(str(path))
+    assert {p.key: p.value for p in proto.metadata_props}[contract.KEY_VARIANT] == "fp16"
+    mem = set(memory_node_names(proto))
+    assert mem and all(
+        t.data_type == F16 for t in proto.graph.initializer if t.name.startswith("model.")
+    )
+    # Numerics, loosely (ONNX Runtime CPU has the fp16 kernels this graph needs).
+    model = from_pretrained(model_dir)
+    N = model.config.segment_len
+    chunks = [N, N - 3] + [1] * 6
+    ids = random_ids(2, sum(chunks))
+    ref_logits, ref_state = torch_stream(model, ids, chunks)
+    logits, state = ort_stream(session(path), model.config, ids, chunks)
+    assert np.abs(ref_logits - logits).max() < 1e-2
+    for name in ("memory", "norm", "memory_acc", "norm_acc"):
+        assert state[name].dtype == np.float32
+        assert rel(ref_state[name], state[name]) < 1e-2, name
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def test_cli_external_data_validated(model_dir_factory, tmp_path, tiny_onnx):
+    """Forced external data on the tiny model; the pair loads from another directory."""
+    model_dir, reference = tiny_onnx
+    out = tmp_path / "a" / "model.onnx"
+    result = CliRunner().invoke(export_command, [str(model_dir), str(out), "--external-data"])
+    assert result.exit_code == 0, result.output
+    for stage in ("load", "trace", "onnx.checker", "validate"):
+        assert stage in result.output
+    assert "max diffs: logits" in result.output
+    data = out.with_name("model.onnx.data")
+    assert data.stat().st_size > 100_000 and out.stat().st_size < 100_000
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    moved = tmp_path / "b"
+    moved.mkdir()
+    for f in (out, data):
+        shutil.move(f, moved / f.name)
+    onnx.checker.check_model(str(moved / "model.onnx"), full_check=True)
+    feeds = step_inputs(from_pretrained(model_dir), batch=2, tokens=4, past=3, num_logits=4)
+    got = session(moved / "model.onnx").run(None, feeds)
+    for r, g in zip(session(reference).run(None, feeds), got, strict=True):
+        np.testing.assert_array_equal(r, g)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["{missing}", "{out}"], "not a model directory"),
+        (["{model}", "{out}", "--dtype", "int8"], "unsupported dtype 'int8'"),
+        (["{model}", "{out}", "--opset", "17"], "unsupported opset 17"),
+        (["{model}", "{model}/config.json/x.onnx"], "is not a directory"),
+        (["{model}", "{model}"], "is a directory"),
+    ],
+)
+def test_cli_errors_are_one_line(model_dir_factory, tmp_path, args, message):
+    paths = dict(model=model_dir_factory(), missing=tmp_path / "nope", out=tmp_path / "o.onnx")
+    result = CliRunner().invoke(export_command, [a.format(**paths) for a in args])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1
+    assert message in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_validation_failure_leaves_no_file(tiny_onnx, tmp_path, monkeypatch):
+    """Over tolerance: non-zero exit, one clear line, no OUT.onnx (trace reused for speed)."""
+    model_dir, path = tiny_onnx
+    monkeypatch.setattr(exporter, "trace", lambda model, opset: ir.load(path))
+    monkeypatch.setitem(validate.TOLERANCES, "fp32", validate.Tolerance(0.0, 0.0))
+    out = tmp_path / "model.onnx"
+    result = CliRunner().invoke(export_command, [str(model_dir), str(out)])
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: validation failed") and "logits differs by" in last
+    assert list(tmp_path.iterdir()) == []
