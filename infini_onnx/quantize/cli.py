@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from infini_onnx.cli_utils import one_line_errors
@@ -10,7 +12,60 @@ from infini_onnx.cli_utils import one_line_errors
 @click.command("quantize")
 @click.argument("in_path", type=click.Path(dir_okay=False))
 @click.argument("out_path", type=click.Path(dir_okay=False))
+@click.option(
+    "--mode",
+    default=None,
+    help="int8 (dynamic, CPU; the default) | int8-static (QDQ S8S8) | int4 | fp16.",
+)
+@click.option(
+    "--target",
+    default=None,
+    help="Preset for arm64 | avx2 | avx512_vnni | tensorrt (picks the mode when --mode is not given).",
+)
+@click.option("--block-size", type=int, default=None, help="int4: weights per scale (default 32).")
+@click.option(
+    "--calib",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="int8-static: calibration text file (default: generated English-like text).",
+)
+@click.option("--calib-segments", type=int, default=16, show_default=True)
+@click.option(
+    "--eval-segments",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Length of the held-out stream of the accuracy report (0: no report).",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the report as JSON here.",
+)
 @one_line_errors
-def quantize_command(in_path: str, out_path: str) -> None:
-    """Quantize an exported step graph (not implemented yet)."""
-    raise click.ClickException("not implemented yet")
+def quantize_command(
+    in_path: str,
+    out_path: str,
+    mode: str | None,
+    target: str | None,
+    block_size: int | None,
+    calib: str | None,
+    calib_segments: int,
+    eval_segments: int,
+    report_path: str | None,
+) -> None:
+    """Quantize the fp32 step graph IN_PATH to OUT_PATH; memory and its math stay float32."""
+    from infini_onnx.quantize import accuracy_report, quantize_model, resolve
+
+    settings = resolve(mode, target, block_size)
+    quantize_model(in_path, out_path, settings, calib, calib_segments, log=click.echo)
+    click.echo(f"wrote {out_path} ({settings.mode})")
+    if eval_segments > 0:
+        report = accuracy_report(in_path, out_path, eval_segments)
+        for line in report.lines():
+            click.echo(line)
+        if report_path:
+            Path(report_path).write_text(report.to_json())
+            click.echo(f"wrote {report_path}")

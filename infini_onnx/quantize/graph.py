@@ -1,0 +1,146 @@
+"""Reading a step graph and finding what may be quantised: weight MatMuls and the embedding.
+
+The memory path (SPEC section 1: sigma, the products with M and z, the sums, the accumulators)
+is found by walking the graph forward from the state inputs and from every sigma (Elu) node,
+stopping at weight MatMuls. Every node reached stays float32 in every variant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from infini_onnx import contract
+from infini_onnx.quantize.errors import QuantizeError
+
+STATE_INPUTS = ("memory", "norm", "memory_acc", "norm_acc")
+STATE_OUTPUTS = ("memory_acc_out", "norm_acc_out")
+SHAPE_OPS = frozenset({"Shape", "Size"})
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "QLinearMatMul",
+        "MatMulNBits",
+        "GatherBlockQuantized",
+    }
+)
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """Which nodes a quantiser may touch and which it must leave float32."""
+
+    weight_matmuls: tuple[str, ...]  # MatMul nodes whose B input is an initializer
+    embedding: str | None  # the Gather node reading the embedding table
+    memory_path: frozenset[str]  # nodes on the memory path: never quantised
+    memory_matmuls: tuple[str, ...]  # the activation x activation MatMuls of the memory path
+    norm_statistics: frozenset[str]  # RMSNorm's mean(x^2) .. rsqrt chains (float32 in fp16)
+
+
+def load_step_graph(path: str | Path) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Load an fp32 step graph and its metadata; refuse anything else with one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise QuantizeError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # onnx raises DecodeError, ValueError, ... on garbage
+        raise QuantizeError(f"{path}: not an ONNX model ({type(e).__name__})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if contract.KEY_FORMAT_VERSION not in meta or contract.KEY_CONFIG not in meta:
+        raise QuantizeError(f"{path}: no infini metadata (export it with `infini export`)")
+    if meta[contract.KEY_FORMAT_VERSION] != str(contract.FORMAT_VERSION):
+        raise QuantizeError(
+            f"{path}: format version {meta[contract.KEY_FORMAT_VERSION]} is not supported "
+            f"(expected {contract.FORMAT_VERSION})"
+        )
+    variant = meta.get(contract.KEY_VARIANT, "fp32")
+    if variant != "fp32" or any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+        raise QuantizeError(f"{path}: already a {variant} variant; quantize the fp32 export")
+    names = {i.name for i in model.graph.input}, {o.name for o in model.graph.output}
+    missing = [n for n in contract.INPUT_NAMES if n not in names[0]]
+    missing += [n for n in contract.OUTPUT_NAMES if n not in names[1]]
+    if missing:
+        raise QuantizeError(f"{path}: not a step graph (missing {missing[0]!r})")
+    return model, meta
+
+
+def config_of(meta: dict[str, str]) -> dict:
+    """The model's config.json from the metadata."""
+    return json.loads(meta[contract.KEY_CONFIG])
+
+
+def plan_graph(model: onnx.ModelProto) -> GraphPlan:
+    """Classify the nodes of a step graph (every node must have a unique name)."""
+    graph = model.graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    float_tables = {
+        i.name
+        for i in graph.initializer
+        if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+    }
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def is_weight_matmul(node: onnx.NodeProto) -> bool:
+        return node.op_type == "MatMul" and node.input[1] in constants
+
+    def carries_values(node: onnx.NodeProto) -> bool:
+        """False where the walk stops: weight MatMuls, and shape queries (no state values)."""
+        return node.op_type not in SHAPE_OPS and not is_weight_matmul(node)
+
+    sources = deque(STATE_INPUTS)
+    path: dict[str, onnx.NodeProto] = {}
+    for node in graph.node:
+        if node.op_type == "Elu":
+            path[node.name] = node
+            sources.extend(node.output)
+    while sources:
+        for node in consumers.get(sources.popleft(), ()):
+            if node.name not in path and carries_values(node):
+                path[node.name] = node
+                sources.extend(node.output)
+
+    produced = {o for node in path.values() for o in node.output}
+    if not all(o in produced for o in STATE_OUTPUTS):
+        raise QuantizeError("not an infini step graph: the memory path does not reach the state")
+    weight_matmuls = tuple(n.name for n in graph.node if is_weight_matmul(n))
+    tables = [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in float_tables]
+    return GraphPlan(
+        norm_statistics=frozenset(_norm_statistics(graph.node, consumers)),
+        weight_matmuls=weight_matmuls,
+        embedding=tables[0] if len(tables) == 1 else None,
+        memory_path=frozenset(path),
+        memory_matmuls=tuple(n.name for n in path.values() if n.op_type == "MatMul"),
+    )
+
+
+def _norm_statistics(
+    nodes: list[onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]]
+) -> list[str]:
+    """The nodes of every RMSNorm from Pow(x, 2) to Reciprocal (rsqrt of mean + eps)."""
+    found = []
+    for node in nodes:
+        if node.op_type != "Pow":
+            continue
+        chain = [node]
+        while chain[-1].op_type != "Reciprocal" and len(chain) < 6:
+            nxt = consumers.get(chain[-1].output[0], [])
+            if len(nxt) != 1:
+                break
+            chain.append(nxt[0])
+        if chain[-1].op_type == "Reciprocal":
+            found += [n.name for n in chain]
+    return found

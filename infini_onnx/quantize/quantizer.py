@@ -1,0 +1,112 @@
+"""fp32 step graph -> int8 / int8-static / int4 / fp16 variant, with its accuracy report."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+
+from infini_onnx import contract
+from infini_onnx.quantize import modes
+from infini_onnx.quantize.calibration import CarriedStateReader
+from infini_onnx.quantize.errors import QuantizeError
+from infini_onnx.quantize.graph import config_of, load_step_graph, plan_graph
+from infini_onnx.quantize.report import Report, compare, file_bytes
+from infini_onnx.quantize.stream import new_session
+from infini_onnx.quantize.targets import Settings
+from infini_onnx.quantize.text import token_stream
+
+CALIB_SEED, EVAL_SEED = 1, 2  # generated calibration text and the held-out stream differ
+_PROTOBUF_LIMIT = 1 << 31
+
+
+def quantize_model(
+    in_path: str | Path,
+    out_path: str | Path,
+    settings: Settings,
+    calib: str | Path | None = None,
+    calib_segments: int = 16,
+    log: Callable[[str], None] = lambda msg: None,
+) -> Path:
+    """Write the variant of the fp32 graph `in_path` to `out_path` (atomically).
+
+    The metadata is copied with `infini.variant` set to the mode. int8-static calibrates on
+    `calib_segments` segments of `calib` (a text file) or of generated text.
+    """
+    model, meta = load_step_graph(in_path)
+    name_nodes(model)
+    plan = plan_graph(model)
+    log(
+        f"{len(plan.weight_matmuls)} weight MatMuls to quantise; {len(plan.memory_path)} "
+        f"memory-path nodes ({len(plan.memory_matmuls)} MatMuls) kept float32"
+    )
+    if settings.mode == "int8":
+        result = modes.int8_dynamic(model, plan, settings)
+    elif settings.mode == "int8-static":
+        config = config_of(meta)
+        tokens = token_stream(meta, config, calib_segments, CALIB_SEED, calib)
+        reader = CarriedStateReader(new_session(in_path), config, tokens)
+        result = modes.int8_static(model, plan, settings, reader)
+    elif settings.mode == "int4":
+        result = modes.int4(model, plan, settings)
+    else:
+        result = modes.fp16(model, plan)
+    del result.metadata_props[:]
+    onnx.helper.set_model_props(result, {**meta, contract.KEY_VARIANT: settings.mode})
+    return save_atomic(result, Path(out_path))
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every node a unique name: the quantisers select and exclude nodes by name."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def save_atomic(model: onnx.ModelProto, out_path: Path) -> Path:
+    """Write beside out_path and rename: never a half-written file. Past 2 GB the weights go to
+    an external data file `<name>.data`."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".tmp", dir=out_path.parent)
+    os.close(fd)
+    try:
+        if model.ByteSize() < _PROTOBUF_LIMIT:
+            onnx.save_model(model, tmp)
+        else:
+            onnx.save_model(
+                model, tmp, save_as_external_data=True, location=out_path.name + ".data"
+            )
+        os.replace(tmp, out_path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise QuantizeError(f"{out_path}: cannot write ({e.strerror or e})") from None
+    return out_path
+
+
+def accuracy_report(
+    in_path: str | Path,
+    out_path: str | Path,
+    segments: int = 32,
+    text: str | Path | None = None,
+    threads: int = 0,
+) -> Report:
+    """Sizes of both files and the variant's accuracy on a held-out stream of `segments`."""
+    model = onnx.load(str(in_path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    config = config_of(meta)
+    tokens = token_stream(meta, config, segments, EVAL_SEED, text)
+    variant = new_session(out_path, threads)
+    accuracy = compare(new_session(in_path, threads), variant, config, tokens)
+    return Report(
+        variant=variant.get_modelmeta().custom_metadata_map[contract.KEY_VARIANT],
+        input_path=str(in_path),
+        output_path=str(out_path),
+        input_bytes=file_bytes(in_path),
+        output_bytes=file_bytes(out_path),
+        accuracy=accuracy,
+    )
