@@ -20,7 +20,7 @@ from infini_onnx.cli_utils import one_line_errors
 @click.option(
     "--target",
     default=None,
-    help="Preset for arm64 | avx2 | avx512_vnni | tensorrt (picks the mode when --mode is not given).",
+    help="arm64 | avx2 | avx512_vnni | tensorrt preset (also picks the default mode).",
 )
 @click.option("--block-size", type=int, default=None, help="int4: weights per scale (default 32).")
 @click.option(

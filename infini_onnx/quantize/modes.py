@@ -119,7 +119,7 @@ def fp16(model: onnx.ModelProto, plan: GraphPlan) -> onnx.ModelProto:
 
 
 def _drop_round_trips(model: onnx.ModelProto, float32_nodes: frozenset[str]) -> None:
-    """Remove Cast(float32 -> float16 -> float32) pairs between float32 nodes.
+    """Replace Cast(float32 -> float16 -> float32) pairs between float32 nodes by Identity.
 
     The converter casts each blocked node's output to float16 and back for the next blocked
     node; z and sigma(q) z pass 65504 on long streams and would become inf there.
@@ -136,14 +136,11 @@ def _drop_round_trips(model: onnx.ModelProto, float32_nodes: frozenset[str]) -> 
             and onnx.helper.get_attribute_value(node.attribute[0]) == dtype
         )
 
-    bypass = {}  # output of the second Cast -> the original float32 tensor
     for node in graph.node:
         first = producer.get(node.input[0]) if node.input else None
         if cast_to(node, FLOAT) and cast_to(first, FLOAT16) and first.input[0] in float32:
-            bypass[node.output[0]] = first.input[0]
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            node.input[i] = bypass.get(name, name)
+            node.op_type, node.input[0] = "Identity", first.input[0]
+            del node.attribute[:]
     _remove_dead_casts(graph)
 
 

@@ -1,0 +1,217 @@
+"""infini-quantize on tiny models: every mode keeps the memory path float32 and the contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from infini_onnx import contract
+from infini_onnx.quantize import QuantizeError, accuracy_report, quantize_model, resolve
+from infini_onnx.quantize.calibration import CarriedStateReader
+from infini_onnx.quantize.cli import quantize_command
+from infini_onnx.quantize.graph import (
+    QUANTIZED_OPS,
+    STATE_INPUTS,
+    STATE_OUTPUTS,
+    config_of,
+    load_step_graph,
+    plan_graph,
+)
+from infini_onnx.quantize.stream import new_session, segment_feeds, stream, zero_state
+from infini_onnx.quantize.text import token_stream
+
+MODES = ["int8", "int8-static", "int4", "fp16"]
+EXPECTED_OP = {
+    "int8": "MatMulInteger",
+    "int8-static": "QuantizeLinear",
+    "int4": "MatMulNBits",
+    "fp16": "Cast",
+}
+MIN_AGREEMENT = {"int8": 0.9, "int8-static": 0.9, "int4": 0.6, "fp16": 0.99}
+
+
+@pytest.fixture(scope="module")
+def variants(tiny_onnx, tmp_path_factory):
+    """mode -> path of the tiny model's variant, built once."""
+    _, fp32 = tiny_onnx
+    out = tmp_path_factory.mktemp("variants")
+    return {
+        mode: quantize_model(fp32, out / f"{mode}.onnx", resolve(mode), calib_segments=4)
+        for mode in MODES
+    }
+
+
+def _plan(path):
+    return plan_graph(load_step_graph(path)[0])
+
+
+def test_plan_separates_weights_from_the_memory_path(onnx_factory):
+    for rule, per_layer in (("delta", 5), ("linear", 3)):
+        _, path = onnx_factory(rule, gqa=False)
+        plan = _plan(path)
+        layers = config_of(load_step_graph(path)[1])["num_hidden_layers"]
+        assert len(plan.memory_matmuls) == per_layer * layers  # reads of M, z (+ delta), write
+        assert len(plan.weight_matmuls) == 7 * layers + 1  # q k v o gate up down, LM head
+        assert plan.embedding is not None
+        assert not plan.memory_path & set(plan.weight_matmuls)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_variant_keeps_memory_path_float32(mode, tiny_onnx, variants):
+    _, fp32 = tiny_onnx
+    plan = _plan(fp32)
+    model = onnx.load(str(variants[mode]))
+    nodes = {n.name: n for n in model.graph.node}
+    assert any(n.op_type == EXPECTED_OP[mode] for n in nodes.values())
+    quant = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+    protected = {*STATE_INPUTS, *STATE_OUTPUTS}
+    for name in plan.memory_matmuls:
+        assert nodes[name].op_type == "MatMul"
+        protected |= {*nodes[name].input, *nodes[name].output}
+    for node in quant:
+        assert not protected & {*node.input, *node.output}, node.name
+    quant_outputs = {o for n in quant for o in n.output}
+    for name in plan.memory_path:
+        assert not quant_outputs & set(nodes[name].input), name
+    # Every memory-path MatMul computes in float32 (ORT checks the declared output type).
+    for name in plan.memory_matmuls:
+        model.graph.output.append(
+            onnx.helper.make_tensor_value_info(nodes[name].output[0], onnx.TensorProto.FLOAT, None)
+        )
+    new_session(model.SerializeToString())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_variant_keeps_contract_and_metadata(mode, tiny_onnx, variants):
+    _, fp32 = tiny_onnx
+    source = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+    session = new_session(variants[mode])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta[contract.KEY_VARIANT] == mode
+    assert {k: v for k, v in meta.items() if k != contract.KEY_VARIANT} == {
+        k: v for k, v in source.items() if k != contract.KEY_VARIANT
+    }
+    types = {v.name: v.type for v in (*session.get_inputs(), *session.get_outputs())}
+    assert [i.name for i in session.get_inputs()] == list(contract.INPUT_NAMES)
+    assert [o.name for o in session.get_outputs()] == list(contract.OUTPUT_NAMES)
+    for name in (*STATE_INPUTS, *STATE_OUTPUTS, "logits"):
+        assert types[name] == "tensor(float)"
+    cache = "tensor(float16)" if mode == "fp16" else "tensor(float)"
+    assert types["past_key"] == types["present_value"] == cache
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_variant_follows_float_model(mode, tiny_onnx, variants):
+    _, fp32 = tiny_onnx
+    report = accuracy_report(fp32, variants[mode], segments=8)
+    a = report.accuracy
+    assert a.segments == 8 and a.state_finite
+    assert a.top1_agreement >= MIN_AGREEMENT[mode], a
+    assert report.output_bytes < report.input_bytes
+
+
+def test_fp16_state_past_half_range_stays_finite(tiny_onnx, variants):
+    """z and sigma(q) z beyond 65504 (a long stream) must not overflow in the fp16 variant."""
+    _, fp32 = tiny_onnx
+    meta = load_step_graph(fp32)[1]
+    config = config_of(meta)
+    memory, norm = zero_state(config)
+    rng = np.random.default_rng(0)
+    memory = (rng.random(memory.shape) * 1e5).astype(np.float32)
+    norm = (1e6 + rng.random(norm.shape) * 1e5).astype(np.float32)
+    ids = token_stream(meta, config, 1, seed=0)
+    outs = []
+    for path in (fp32, variants["fp16"]):
+        session = new_session(path)
+        outs.append(session.run(None, segment_feeds(session, config, ids, memory, norm)))
+    for ref, half in zip(outs[0][3:], outs[1][3:]):
+        assert np.isfinite(half).all()
+        np.testing.assert_allclose(half, ref, rtol=1e-2)
+    assert np.isfinite(outs[1][0]).all()
+
+
+def test_int8_linear_rule_mha(onnx_factory, tmp_path):
+    _, fp32 = onnx_factory("linear", gqa=False)
+    out = quantize_model(fp32, tmp_path / "int8.onnx", resolve("int8"))
+    assert accuracy_report(fp32, out, segments=4).accuracy.top1_agreement >= 0.9
+
+
+def test_calibration_carries_the_state(tiny_onnx):
+    _, fp32 = tiny_onnx
+    meta = load_step_graph(fp32)[1]
+    config = config_of(meta)
+    tokens = token_stream(meta, config, 3, seed=1)
+    session = new_session(fp32)
+    reader = CarriedStateReader(session, config, tokens)
+    feeds = [reader.get_next() for _ in range(4)]
+    assert feeds.pop() is None
+    assert len(feeds) == 3
+    assert not feeds[0]["memory"].any()
+    expected = list(stream(session, config, tokens))
+    np.testing.assert_array_equal(feeds[2]["memory"], expected[1].memory)
+    np.testing.assert_array_equal(feeds[2]["norm_acc"], expected[1].norm)
+
+
+def test_targets():
+    assert resolve(target="tensorrt").mode == "int8-static"
+    assert resolve(target="avx2").reduce_range
+    assert resolve("int4", "arm64", block_size=64).block_size == 64
+    for bad in (
+        dict(mode="int3"),
+        dict(target="mips"),
+        dict(mode="int4", target="tensorrt"),
+        dict(mode="int4", block_size=24),
+    ):
+        with pytest.raises(QuantizeError):
+            resolve(**bad)
+
+
+def test_bad_inputs(tiny_onnx, variants, tmp_path):
+    _, fp32 = tiny_onnx
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model")
+    bare = onnx.load(str(fp32))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    cases = {
+        text: "not an ONNX model",
+        tmp_path / "bare.onnx": "no infini metadata",
+        variants["int8"]: "already a int8 variant",
+        tmp_path / "missing.onnx": "no such file",
+    }
+    for path, message in cases.items():
+        with pytest.raises(QuantizeError, match=message):
+            quantize_model(path, tmp_path / "out.onnx", resolve())
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_writes_variant_and_report(tiny_onnx, tmp_path):
+    _, fp32 = tiny_onnx
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    args = [str(fp32), str(out), "--eval-segments", "4", "--report", str(report)]
+    result = CliRunner().invoke(quantize_command, args)
+    assert result.exit_code == 0, result.output
+    assert "top-1 agreement" in result.output
+    data = json.loads(report.read_text())
+    assert data["variant"] == "int8" and data["accuracy"]["segments"] == 4
+    assert data["size_ratio"] < 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mode", "int3"], "unknown mode 'int3'"),
+        (["--target", "mips"], "unknown target"),
+        (["--mode", "int4", "--target", "tensorrt"], "does not suit target"),
+    ],
+)
+def test_cli_one_line_errors(args, message, tiny_onnx, tmp_path):
+    _, fp32 = tiny_onnx
+    result = CliRunner().invoke(quantize_command, [str(fp32), str(tmp_path / "q.onnx"), *args])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and message in result.output
+    assert result.output.count("\n") == 1
