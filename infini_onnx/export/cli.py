@@ -23,7 +23,7 @@ from infini_onnx.cli_utils import one_line_errors
     "--opset",
     type=int,
     default=None,
-    help="ONNX opset, 18 or newer (default: 18, loads in ONNX Runtime >= 1.14).",
+    help="ONNX opset, 18 or newer (default: 18, which ONNX Runtime >= 1.15 loads).",
 )
 @click.option(
     "--external-data",
@@ -42,14 +42,12 @@ def export_command(
 ) -> None:
     """Export MODEL_DIR's segment step to the ONNX step graph OUT.onnx."""
     t0 = time.perf_counter()
-    from infini_onnx.export.exporter import DEFAULT_OPSET, check_options, export_model
+    from infini_onnx.export.exporter import DEFAULT_OPSET, export_model
 
-    opset = DEFAULT_OPSET if opset is None else opset
-    check_options(dtype, opset)
     path = export_model(
         model_dir,
         out,
-        opset=opset,
+        opset=DEFAULT_OPSET if opset is None else opset,
         log=click.echo,
         dtype=dtype,
         external_data=external_data,

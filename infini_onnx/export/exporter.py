@@ -24,7 +24,7 @@ from infini_onnx.export.progress import stage
 from infini_onnx.model import InfiniLlamaForCausalLM, from_pretrained
 from infini_onnx.model.io import TOKENIZER
 
-DEFAULT_OPSET = 18  # loads in ONNX Runtime >= 1.14 (docs/export.md)
+DEFAULT_OPSET = 18  # ONNX Runtime >= 1.15 loads it (docs/export.md)
 MIN_OPSET = 18  # torch's exporter cannot go lower (it silently keeps 18)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # A protobuf file cannot exceed 2 GiB: larger weights always go to OUT.onnx.data.
