@@ -328,3 +328,17 @@ def test_cli_validation_failure_leaves_no_file(tiny_onnx, tmp_path, monkeypatch)
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: validation failed") and "logits differs by" in last
     assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_heartbeat():
+    """A long stage is never silent: it reports while running, then its time."""
+    import time
+
+    from infini_onnx.export.progress import stage
+
+    lines: list[str] = []
+    with stage(lines.append, "trace", heartbeat_s=0.01) as s:
+        time.sleep(0.05)
+        s.detail = "ok"
+    assert any(line.startswith("  ... still trace") for line in lines)
+    assert lines[-1].startswith("trace: ") and lines[-1].endswith("s (ok)")
