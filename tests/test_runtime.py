@@ -171,3 +171,6 @@ def test_batch_refuses_streams_at_different_positions(tiny_model):
     a.feed(random_ids(3))
     with pytest.raises(InputError, match="same position"):
         tiny_model.batch([a, b])
+    other = InfiniModel(tiny_model.path, threads=1)
+    with pytest.raises(InputError, match="another model"):
+        tiny_model.batch([b, other.stream()])

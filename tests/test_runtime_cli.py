@@ -82,6 +82,7 @@ def test_commands_report_bad_input_as_one_line(tiny_onnx, tmp_path):
         ([onnx_path, str(tmp_path / "empty.txt")], "empty input"),
         ([onnx_path, "--generate", "3", "--resume", str(tmp_path / "nope")], "no such state file"),
         ([onnx_path], "nothing to do"),
+        ([onnx_path, "-", "--prompt", "hi"], "--prompt needs --generate"),
     ]:
         result = runner.invoke(stream_command, args)
         assert (

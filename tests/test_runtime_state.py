@@ -102,3 +102,15 @@ def test_corrupt_truncated_missing_and_foreign_files_fail_clearly(
     other = InfiniModel(onnx_factory("linear", False)[1], threads=1)
     with pytest.raises(StateFileError, match="another model"):
         other.load_stream(path)
+
+
+def test_saved_state_with_nan_is_refused(tiny_model, tmp_path):
+    from infini_onnx.runtime import statefile
+
+    stream = fed_stream(tiny_model)
+    host = tiny_model.to_host(stream.state)
+    host["memory"] = host["memory"].copy()
+    host["memory"][0, 0, 0, 0, 0] = np.nan
+    statefile.save_state(tmp_path / "nan.state", host, tiny_model.model_id, "fp32")
+    with pytest.raises(StateFileError, match="NaN or inf"):
+        tiny_model.load_stream(tmp_path / "nan.state")

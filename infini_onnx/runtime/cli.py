@@ -102,6 +102,8 @@ def stream_command(
     """
     if file is None and not (generate_n or save_state):
         raise InputError("nothing to do: give a FILE (or -), --generate N or --save-state")
+    if prompt is not None and not generate_n:
+        raise InputError("--prompt needs --generate N")
     onnx_model, stream = _open_stream(model, device, threads, resume)
     if file is not None:
         meter = Progress() if progress else None

@@ -76,6 +76,8 @@ class InfiniModel:
         their segment). `StreamBatch.split()` gives them back."""
         if not streams:
             raise InputError("batch of no streams")
+        if any(s.model is not self for s in streams):
+            raise InputError("streams of another model cannot join this model's batch")
         positions = {s.state.cached for s in streams}
         if len(positions) > 1:
             raise InputError(
@@ -89,6 +91,8 @@ class InfiniModel:
     def load_stream(self, path: str | Path) -> Stream:
         """A stream from a state file written by `Stream.save` for this model."""
         host = statefile.load_state(path, self.model_id)
+        if not all(np.isfinite(a).all() for a in host.values()):
+            raise StateFileError(f"{path}: NaN or inf in the saved state")
         try:
             state = self.from_host(host)
         except (KeyError, ValueError) as e:

@@ -29,6 +29,10 @@ class _Streams:
         self._state = state
 
     @property
+    def model(self) -> InfiniModel:
+        return self._model
+
+    @property
     def state(self) -> State:
         """The current state (immutable: keep a reference to go back to it)."""
         return self._state
