@@ -1,4 +1,5 @@
-"""The runtime on a CUDA GPU with IO binding (skipped where onnxruntime has no CUDA provider)."""
+"""The runtime with IO binding: on a CUDA GPU (skipped where onnxruntime has no CUDA provider),
+and the same binding code on the CPU."""
 
 from __future__ import annotations
 
@@ -7,14 +8,30 @@ import onnxruntime as ort
 import pytest
 
 from infini_onnx.runtime import InfiniModel
+from infini_onnx.runtime.graph import BoundGraph
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        "CUDAExecutionProvider" not in ort.get_available_providers(),
-        reason="needs onnxruntime-gpu and a CUDA GPU",
-    ),
-]
+needs_cuda = pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="needs onnxruntime-gpu and a CUDA GPU",
+)
+
+
+def test_io_binding_code_path_on_the_cpu(tiny_onnx, tmp_path):
+    plain = InfiniModel(tiny_onnx[1], threads=1)
+    bound = InfiniModel(tiny_onnx[1], threads=1)
+    bound._graph = BoundGraph(bound._graph.session, device_type="cpu")
+    ids = np.random.default_rng(0).integers(0, 258, 100)
+    a, b = plain.stream(), bound.stream()
+    np.testing.assert_array_equal(b.feed(ids, all_logits=True), a.feed(ids, all_logits=True))
+    assert isinstance(b.state.memory_acc, ort.OrtValue)
+    options = dict(max_new_tokens=40, temperature=0, stop=())
+    assert list(b.generate(**options)) == list(a.generate(**options))
+    b.save(tmp_path / "s.state")
+    resumed = plain.load_stream(tmp_path / "s.state")
+    np.testing.assert_array_equal(resumed.feed([1, 2, 3]), a.feed([1, 2, 3]))
+    batch = bound.batch([bound.stream(), bound.stream()])
+    logits = batch.feed(np.stack([ids[:40], ids[40:80]]))
+    np.testing.assert_allclose(logits[1], plain.stream().feed(ids[40:80]), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +39,8 @@ def models(tiny_onnx):
     return InfiniModel(tiny_onnx[1], threads=1), InfiniModel(tiny_onnx[1], device="cuda")
 
 
+@pytest.mark.gpu
+@needs_cuda
 def test_cuda_matches_cpu_and_keeps_state_on_the_device(models):
     cpu, cuda = models
     ids = np.random.default_rng(0).integers(0, 258, 100)
@@ -37,6 +56,8 @@ def test_cuda_matches_cpu_and_keeps_state_on_the_device(models):
     np.testing.assert_allclose(b.logits, a.logits, atol=1e-4)
 
 
+@pytest.mark.gpu
+@needs_cuda
 def test_cuda_state_saves_resumes_and_batches(models, tmp_path):
     cpu, cuda = models
     stream = cuda.stream()

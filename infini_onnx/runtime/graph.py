@@ -95,12 +95,15 @@ class CpuGraph:
         return all(np.isfinite(a).all() for a in arrays) and np.isfinite(out.memory_acc).all()
 
 
-class CudaGraph:
-    """Calls on a GPU with IO binding: state inputs and outputs stay in device memory."""
+class BoundGraph:
+    """Calls with IO binding: state inputs and outputs stay in device memory (CUDA for the
+    CUDA and TensorRT providers; "cpu" runs the same code on the CPU, for tests)."""
 
-    def __init__(self, session: ort.InferenceSession, device_id: int = 0):
+    def __init__(
+        self, session: ort.InferenceSession, device_type: str = "cuda", device_id: int = 0
+    ):
         self.session = session
-        self.device_id = device_id
+        self.device_type, self.device_id = device_type, device_id
 
     def run(self, input_ids: np.ndarray, num_logits: int, state: dict[str, Any]) -> Outputs:
         binding = self.session.io_binding()
@@ -113,13 +116,14 @@ class CudaGraph:
                 binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
         for name in contract.OUTPUT_NAMES[1:]:
-            binding.bind_output(name, "cuda", self.device_id)
+            binding.bind_output(name, self.device_type, self.device_id)
         self.session.run_with_iobinding(binding)
         logits, *rest = binding.get_outputs()
         return Outputs(logits.numpy(), *rest)
 
     def to_device(self, array: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", self.device_id)
+        array = np.ascontiguousarray(array)
+        return ort.OrtValue.ortvalue_from_numpy(array, self.device_type, self.device_id)
 
     def to_host(self, value: ort.OrtValue | np.ndarray) -> np.ndarray:
         return value if isinstance(value, np.ndarray) else value.numpy()
@@ -130,5 +134,5 @@ class CudaGraph:
         return bool(np.isfinite(out.logits).all() and np.isfinite(out.norm_acc.numpy()).all())
 
 
-def make_graph(session: ort.InferenceSession, device: str) -> CpuGraph | CudaGraph:
-    return CpuGraph(session) if device == "cpu" else CudaGraph(session)
+def make_graph(session: ort.InferenceSession, device: str) -> CpuGraph | BoundGraph:
+    return CpuGraph(session) if device == "cpu" else BoundGraph(session)

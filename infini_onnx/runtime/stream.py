@@ -61,10 +61,10 @@ class _Streams:
         if a.min() < 0 or a.max() >= vocab:
             bad = a[(a < 0) | (a >= vocab)].flat[0]
             raise InputError(f"token id {bad} outside the vocabulary [0, {vocab})")
+        if a.ndim == 1 and batch == 1:
+            a = a[None]
         if a.ndim != 2 or a.shape[0] != batch:
-            a = a.reshape(batch, -1) if a.ndim == 1 and batch == 1 else None
-            if a is None:
-                raise InputError(f"token chunks must have shape [{batch}, tokens]")
+            raise InputError(f"token chunks must have shape [{batch}, tokens], got {list(a.shape)}")
         return a.astype(np.int64, copy=False)
 
     def _decode(self, sampler: Sampler, max_new_tokens: int) -> Iterator[np.ndarray]:
