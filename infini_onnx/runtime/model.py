@@ -130,7 +130,7 @@ class InfiniModel:
                 f"NaN or inf in the model's outputs for tokens {int(state.tokens_seen[0])}.."
                 f"{int(state.tokens_seen[0]) + T - 1}: the stream keeps its last good state"
             )
-        seen, last = state.tokens_seen + T, out.logits[:, -1]
+        seen, last = state.tokens_seen + T, out.logits[:, -1].copy()  # not a view of all logits
         if P + T == N:
             empty = self._empty_cache(state.batch)
             macc, nacc = out.memory_acc, out.norm_acc
