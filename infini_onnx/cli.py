@@ -52,6 +52,75 @@ def init_command(
     click.echo(f"wrote {out_dir}: preset {preset}, {n / 1e6:.2f}M parameters")
 
 
+@main.group("demo")
+def demo_group() -> None:
+    """Demos on the shipped models."""
+
+
+@demo_group.command("passkey")
+@click.argument("model", required=False)
+@click.option(
+    "--length", type=int, default=1_000_000, show_default=True, help="Stream length in tokens."
+)
+@click.option(
+    "--depth",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Where the pass key sits: 0 = start, 1 = end.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Chooses the pass key.")
+@click.option(
+    "--sweep", is_flag=True, help="Accuracy table over --lengths x depths (start/middle/end)."
+)
+@click.option(
+    "--lengths",
+    default="4096,16384,65536,262144,1048576",
+    show_default=True,
+    help="Sweep lengths, comma separated.",
+)
+@click.option("--trials", type=int, default=20, show_default=True, help="Sweep trials per cell.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default: all).")
+@one_line_errors
+def passkey_command(
+    model: str | None,
+    length: int,
+    depth: float,
+    seed: int,
+    sweep: bool,
+    lengths: str,
+    trials: int,
+    threads: int | None,
+) -> None:
+    """Find a pass key hidden in a stream of LENGTH tokens.
+
+    MODEL is an .onnx file or a model directory (exported and int8-quantised on first use,
+    then cached); the default is the shipped examples/models/passkey-tiny.
+    """
+    import random
+
+    from infini_onnx import demo
+    from infini_onnx.runtime import InfiniModel
+
+    path = demo.resolve_model(model, log=click.echo)
+    runtime = InfiniModel(path, threads=threads)
+    click.echo(f"model {path} ({runtime.variant}, segment {runtime.config.segment_len})")
+    if sweep:
+        sizes = [int(n) for n in lengths.split(",")]
+        table = demo.sweep(runtime, sizes, demo.DEPTHS, trials, seed, log=click.echo)
+        click.echo(demo.format_table(table, trials))
+        return
+    key = demo.random_key(random.Random(seed))
+    trial = demo.run_trial(runtime, length, depth, key, out=click.get_text_stream("stderr"))
+    mb = 2**20
+    click.echo(f"pass key {key} at depth {depth:.2f} of {trial.tokens:,} tokens")
+    click.echo(f"answer  {trial.answer.strip()!r}: {'correct' if trial.correct else 'WRONG'}")
+    click.echo(
+        f"time {trial.seconds:.1f} s ({trial.tokens / trial.seconds:,.0f} tok/s); resident memory "
+        f"{trial.rss_start / mb:.1f} MB at start, {trial.rss_end / mb:.1f} MB at end"
+    )
+
+
 def _register_stage_commands() -> None:
     """Attach the commands each stage defines in its own module."""
     from infini_onnx.export.cli import export_command

@@ -1,0 +1,144 @@
+"""`infini demo passkey`: find a pass key hidden in a stream of any length, through the runtime.
+
+The haystack is generated as a stream (never whole in memory) and fed through ONNX Runtime;
+the model then answers the question greedily. Runs on an .onnx file, or on a model directory
+that is exported and int8-quantised on first use and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from infini_onnx import passkey
+from infini_onnx.errors import InfiniError
+from infini_onnx.runtime import InfiniModel
+from infini_onnx.runtime.progress import Progress, rss_bytes
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "passkey-tiny"
+DEPTHS = {"start": 0.0, "middle": 0.5, "end": 1.0}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "infini-onnx"
+
+
+def _dir_hash(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file() and (f.suffix in (".json", ".safetensors")):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_model(model: str | Path | None, log=print) -> Path:
+    """An .onnx path for `model`: an .onnx file as is; a model directory (default: the shipped
+    pass-key model) exported and int8-quantised once, then taken from the cache."""
+    path = Path(model) if model is not None else SHIPPED_MODEL
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise InfiniError(f"{path}: no such model file or directory")
+    target = cache_dir() / _dir_hash(path) / "model-int8.onnx"
+    if target.is_file():
+        return target
+    from infini_onnx.export.exporter import export_model  # needs the [export] extra
+    from infini_onnx.quantize.quantizer import quantize_model
+    from infini_onnx.quantize.targets import resolve
+
+    log(f"first use of {path}: exporting and quantising to {target}")
+    fp32 = target.with_name("model-fp32.onnx")
+    export_model(path, fp32, log=log, validate=True)
+    quantize_model(fp32, target, resolve("int8"), log=log)
+    return target
+
+
+@dataclass
+class Trial:
+    length: int
+    depth: float
+    key: str
+    answer: str
+    tokens: int
+    seconds: float
+    rss_start: int
+    rss_end: int
+
+    @property
+    def correct(self) -> bool:
+        return self.answer.strip().rstrip(".") == self.key
+
+
+def run_trial(
+    model: InfiniModel, length: int, depth: float, key: str, out: TextIO | None = None
+) -> Trial:
+    """Stream one haystack and read back the model's greedy answer."""
+    stream = model.stream()
+    tokenizer = model.tokenizer
+    progress = Progress(out or sys.stderr) if out is not None else None
+    rss_start, start = rss_bytes(), time.perf_counter()
+
+    def chunks():
+        for text in passkey.haystack(length, depth, key):
+            ids = tokenizer.encode(text, add_special_tokens=False).ids
+            if progress:
+                progress.update(len(ids))
+            yield ids
+
+    stream.feed(chunks())
+    if progress:
+        progress.close()
+    n_answer = len(passkey.answer(key).encode())
+    ids = list(stream.generate(max_new_tokens=n_answer, temperature=0, stop=()))
+    seconds = time.perf_counter() - start
+    answer = tokenizer.decode(ids)
+    return Trial(length, depth, key, answer, stream.tokens_seen, seconds, rss_start, rss_bytes())
+
+
+def random_key(rng: random.Random) -> str:
+    return f"{rng.randrange(10000, 100000)}"
+
+
+def sweep(
+    model: InfiniModel,
+    lengths: list[int],
+    depths: dict[str, float],
+    trials: int,
+    seed: int,
+    log=print,
+) -> dict[int, dict[str, float]]:
+    """Accuracy per (length, depth) cell, `trials` random keys each (the paper's Table 3)."""
+    rng = random.Random(seed)
+    table: dict[int, dict[str, float]] = {}
+    for length in lengths:
+        table[length] = {}
+        for name, depth in depths.items():
+            hits = sum(
+                run_trial(model, length, depth, random_key(rng)).correct for _ in range(trials)
+            )
+            table[length][name] = hits / trials
+            log(f"length {length:>9,}  depth {name:<6}  {hits}/{trials}")
+    return table
+
+
+def format_table(table: dict[int, dict[str, float]], trials: int) -> str:
+    """A markdown table: lengths as columns, depths as rows (the paper's layout)."""
+    lengths = list(table)
+    depths = list(next(iter(table.values())))
+    head = "| depth | " + " | ".join(_length_name(n) for n in lengths) + " |"
+    rule = "|---|" + "---|" * len(lengths)
+    rows = [f"| {d} | " + " | ".join(f"{table[n][d]:.0%}" for n in lengths) + " |" for d in depths]
+    return "\n".join([head, rule, *rows, f"\n{trials} trials per cell."])
+
+
+def _length_name(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    return f"{n // 1024}K" if n % 1024 == 0 else f"{n:,}"

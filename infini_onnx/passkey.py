@@ -1,0 +1,54 @@
+"""The pass-key retrieval task of the Infini-attention paper (section 4.2), as a text stream.
+
+A haystack of repeated filler with one needle ("The pass key is NNNNN ...") at a chosen depth,
+then the question. Torch-free: the training script and the runtime demo share it. Lengths are
+counted in bytes, which are the tokens of the byte-level tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+FILLER = (
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+)
+QUESTION = "What is the pass key? The pass key is"
+
+
+def needle(key: str) -> str:
+    return f"The pass key is {key}. Remember it. {key} is the pass key. "
+
+
+def answer(key: str) -> str:
+    """What a model should generate after QUESTION."""
+    return f" {key}."
+
+
+def haystack(length: int, depth: float, key: str, chunk_repeats: int = 64) -> Iterator[str]:
+    """Yield the prompt of about `length` bytes in chunks (never whole in memory).
+
+    The needle sits after `depth` (0 = start, 1 = end) of the filler repeats; the stream ends with
+    QUESTION. The filler is whole repeats of FILLER, as many as fit.
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    room = length - len(needle(key)) - len(QUESTION)
+    repeats = max(room // len(FILLER), 0)
+    before = round(depth * repeats)
+    yield from _filler(before, chunk_repeats)
+    yield needle(key)
+    yield from _filler(repeats - before, chunk_repeats)
+    yield QUESTION
+
+
+def haystack_length(length: int, key: str) -> int:
+    """The exact number of bytes `haystack(length, ..., key)` yields."""
+    room = length - len(needle(key)) - len(QUESTION)
+    return max(room // len(FILLER), 0) * len(FILLER) + len(needle(key)) + len(QUESTION)
+
+
+def _filler(repeats: int, chunk_repeats: int) -> Iterator[str]:
+    while repeats > 0:
+        n = min(repeats, chunk_repeats)
+        yield FILLER * n
+        repeats -= n
