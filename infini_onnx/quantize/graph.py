@@ -1,25 +1,23 @@
 """Reading a step graph and finding what may be quantised: weight MatMuls and the embedding.
 
 The memory path (SPEC section 1: sigma, the products with M and z, the sums, the accumulators)
-is found by walking the graph forward from the state inputs and from every sigma (Elu) node,
-stopping at weight MatMuls. Every node reached stays float32 in every variant.
+is the exporter's (`infini_onnx.export.memory_path`): everything downstream of the state inputs
+and of every sigma (Elu) node, up to the weight MatMuls. It stays float32 in every variant.
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from infini_onnx import contract
+from infini_onnx.export.memory_path import memory_node_names
 from infini_onnx.quantize.errors import QuantizeError
 
-STATE_INPUTS = ("memory", "norm", "memory_acc", "norm_acc")
 STATE_OUTPUTS = ("memory_acc_out", "norm_acc_out")
-SHAPE_OPS = frozenset({"Shape", "Size"})
 QUANTIZED_OPS = frozenset(
     {
         "QuantizeLinear",
@@ -97,21 +95,8 @@ def plan_graph(model: onnx.ModelProto) -> GraphPlan:
     def is_weight_matmul(node: onnx.NodeProto) -> bool:
         return node.op_type == "MatMul" and node.input[1] in constants
 
-    def carries_values(node: onnx.NodeProto) -> bool:
-        """False where the walk stops: weight MatMuls, and shape queries (no state values)."""
-        return node.op_type not in SHAPE_OPS and not is_weight_matmul(node)
-
-    sources = deque(STATE_INPUTS)
-    path: dict[str, onnx.NodeProto] = {}
-    for node in graph.node:
-        if node.op_type == "Elu":
-            path[node.name] = node
-            sources.extend(node.output)
-    while sources:
-        for node in consumers.get(sources.popleft(), ()):
-            if node.name not in path and carries_values(node):
-                path[node.name] = node
-                sources.extend(node.output)
+    memory_names = set(memory_node_names(model))
+    path = {n.name: n for n in graph.node if n.name in memory_names}
 
     produced = {o for node in path.values() for o in node.output}
     if not all(o in produced for o in STATE_OUTPUTS):
