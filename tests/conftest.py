@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny model directories and their exported step graphs, built once per session."""
+"""Shared fixtures: tiny model directories and exported step graphs, built once per session."""
 
 from __future__ import annotations
 
