@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from infini_onnx.quantize import accuracy_report, quantize_model, resolve
 from infini_onnx.quantize.graph import config_of, load_step_graph
+from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
 from infini_onnx.quantize.report import compare
 from infini_onnx.quantize.stream import new_session, segment_feeds, zero_state
+from infini_onnx.quantize.targets import resolve
 from infini_onnx.quantize.text import token_stream
 
 TRAIN_SEED, THROUGHPUT_SEED, LONG_SEED = 11, 12, 13

@@ -420,7 +420,7 @@ def test_config_and_cli_import_without_torch(tmp_path):
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'onnx', 'onnxscript', 'safetensors'):\n"
+        "        if name.split('.')[0] in ('torch', 'onnx', 'onnxscript', 'onnx_ir', 'safetensors'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from infini_onnx.config import InfiniConfig\n"

@@ -10,18 +10,20 @@ import pytest
 from click.testing import CliRunner
 
 from infini_onnx import contract
-from infini_onnx.quantize import QuantizeError, accuracy_report, quantize_model, resolve
+from infini_onnx.export.memory_path import STATE_INPUTS
 from infini_onnx.quantize.calibration import CarriedStateReader
 from infini_onnx.quantize.cli import quantize_command
+from infini_onnx.quantize.errors import QuantizeError
 from infini_onnx.quantize.graph import (
     QUANTIZED_OPS,
-    STATE_INPUTS,
     STATE_OUTPUTS,
     config_of,
     load_step_graph,
     plan_graph,
 )
+from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
 from infini_onnx.quantize.stream import new_session, segment_feeds, stream, zero_state
+from infini_onnx.quantize.targets import resolve
 from infini_onnx.quantize.text import token_stream
 
 MODES = ["int8", "int8-static", "int4", "fp16"]

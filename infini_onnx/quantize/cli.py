@@ -57,7 +57,8 @@ def quantize_command(
     report_path: str | None,
 ) -> None:
     """Quantize the fp32 step graph IN_PATH to OUT_PATH; memory and its math stay float32."""
-    from infini_onnx.quantize import accuracy_report, quantize_model, resolve
+    from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
+    from infini_onnx.quantize.targets import resolve
 
     settings = resolve(mode, target, block_size)
     quantize_model(in_path, out_path, settings, calib, calib_segments, log=click.echo)

@@ -26,7 +26,8 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
 )
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from infini_onnx.quantize.graph import STATE_INPUTS, STATE_OUTPUTS, GraphPlan
+from infini_onnx.export.memory_path import STATE_INPUTS
+from infini_onnx.quantize.graph import STATE_OUTPUTS, GraphPlan
 from infini_onnx.quantize.targets import Settings
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
