@@ -212,14 +212,14 @@ def export_model(
 def _validate(path: Path, model: InfiniLlamaForCausalLM, dtype: str, log, out_path: Path) -> None:
     from infini_onnx.export.validate import (
         ValidationError,
+        device_for,
         format_diffs,
-        providers_for,
         validate_export,
     )
 
     with stage(log, "validate against PyTorch in ONNX Runtime") as s:
         try:
-            diffs = validate_export(path, model, dtype, providers_for(dtype))
+            diffs = validate_export(path, model, dtype, device_for(dtype))
         except ValidationError as e:
             raise ValidationError(f"{e} ({out_path} not written)") from None
         s.detail = f"max diffs: {format_diffs(diffs)}"

@@ -2,8 +2,8 @@
 
 The stream (batch 2, different tokens per row): one whole-segment call (P = 0, T = N), a
 partial segment (T = N - 3), then token-by-token decoding across the next segment boundary.
-ONNX Runtime runs its own copy of the SPEC section 3 loop; the reference is the model's
-`forward`, which splits and rolls the state by itself.
+ONNX Runtime runs the graph through the runtime's loop (`InfiniModel.step`, SPEC section 3); the
+reference is the model's `forward`, which splits and rolls the state by itself.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch
 
 from infini_onnx.errors import InfiniError
 from infini_onnx.model import InfiniLlamaForCausalLM, StreamState
+from infini_onnx.runtime import InfiniModel, NonFiniteError
+from infini_onnx.runtime.state import TENSORS as STATE_NAMES
 
-STATE_NAMES = ("memory", "norm", "memory_acc", "norm_acc", "past_key", "past_value")
 RELATIVE = frozenset(STATE_NAMES[:4])  # compared relative to their largest reference value
 DECODE_TOKENS = 6
 
@@ -45,39 +46,17 @@ def stream_chunks(segment_len: int) -> list[int]:
 
 
 def onnx_stream(
-    session, input_ids: np.ndarray, chunks: list[int], segment_len: int
+    model: InfiniModel, input_ids: np.ndarray, chunks: list[int]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Run `input_ids` [B, S] through the graph in calls of `chunks` tokens (SPEC section 3)."""
-    by_name = {i.name: i for i in session.get_inputs()}
-    B = input_ids.shape[0]
-    L, G, d = (int(x) for x in by_name["norm"].shape[1:])
-    cache_dtype = np.float16 if by_name["past_key"].type == "tensor(float16)" else np.float32
-    memory = np.zeros((B, L, G, d, d), np.float32)
-    norm = np.zeros((B, L, G, d), np.float32)
-    state = {
-        "memory": memory,
-        "norm": norm,
-        "memory_acc": memory,
-        "norm_acc": norm,
-        "past_key": np.zeros((B, L, G, 0, d), cache_dtype),
-        "past_value": np.zeros((B, L, G, 0, d), cache_dtype),
-    }
-    logits, start = [], 0
+    """Run `input_ids` [B, S] through the runtime's loop (`InfiniModel.step`) in calls of
+    `chunks` tokens: all logits [B, S, V] and the final state on the host."""
+    state, logits, start = model.new_state(input_ids.shape[0]), [], 0
     for take in chunks:
-        feeds = {
-            **state,
-            "input_ids": input_ids[:, start : start + take],
-            "num_logits": np.array([take], np.int64),
-        }
-        out, key, value, mem_acc, norm_acc = session.run(None, feeds)
+        out, state = model.step(state, input_ids[:, start : start + take], num_logits=take)
         logits.append(out)
         start += take
-        if key.shape[3] == segment_len:
-            empty = key[:, :, :, :0]
-            state = dict(zip(STATE_NAMES, (mem_acc, norm_acc, mem_acc, norm_acc, empty, empty)))
-        else:
-            state.update(memory_acc=mem_acc, norm_acc=norm_acc, past_key=key, past_value=value)
-    return np.concatenate(logits, axis=1), state
+    host = model.to_host(state)
+    return np.concatenate(logits, axis=1), {name: host[name] for name in STATE_NAMES}
 
 
 @torch.no_grad()
@@ -125,19 +104,21 @@ def validate_export(
     onnx_path: str | Path,
     model: InfiniLlamaForCausalLM,
     variant: str = "fp32",
-    providers: list[str] | None = None,
+    device: str = "cpu",
     seed: int = 0,
 ) -> dict[str, float]:
-    """Run the stream above in ONNX Runtime and in PyTorch; raise ValidationError when any
-    difference is over TOLERANCES[variant]. Returns the max differences."""
-    import onnxruntime as ort
-
+    """Run the stream above in ONNX Runtime (on `device`) and in PyTorch; raise ValidationError
+    when any difference is over TOLERANCES[variant]. Returns the max differences."""
     c = model.config
     chunks = stream_chunks(c.segment_len)
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, c.vocab_size, (2, sum(chunks)), generator=g).numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
-    got = onnx_stream(session, input_ids, chunks, c.segment_len)
+    try:
+        got = onnx_stream(InfiniModel(onnx_path, device=device), input_ids, chunks)
+    except NonFiniteError as e:
+        raise ValidationError(
+            f"validation failed: ONNX Runtime disagrees with PyTorch: {e}"
+        ) from None
     ref = torch_stream(model, input_ids, chunks)
     diffs, failures = compare(ref, got, TOLERANCES[variant])
     if failures:
@@ -154,10 +135,10 @@ def format_diffs(diffs: dict[str, float]) -> str:
     )
 
 
-def providers_for(variant: str) -> list[str]:
-    """ONNX Runtime providers to validate a variant with."""
+def device_for(variant: str) -> str:
+    """The runtime device to validate a variant on: fp16 on CUDA when onnxruntime has it."""
     import onnxruntime as ort
 
     if variant == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+        return "cuda"
+    return "cpu"
