@@ -21,7 +21,7 @@ import numpy as np
 from infini_onnx.quantize.graph import config_of, load_step_graph
 from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
 from infini_onnx.quantize.report import compare
-from infini_onnx.quantize.stream import new_session, segment_feeds, zero_state
+from infini_onnx.quantize.stream import open_model, segments
 from infini_onnx.quantize.targets import resolve
 from infini_onnx.quantize.text import token_stream
 
@@ -67,18 +67,16 @@ def train_briefly(model, model_dir: Path, steps: int) -> None:
     save_pretrained(model, model_dir, tokenizer_json=(model_dir / "tokenizer.json").read_text())
 
 
-def ingest_times(paths: list[Path], config: dict, tokens: np.ndarray, threads: int) -> list[float]:
-    """Median seconds per whole-segment call of each model, calls interleaved model by model
-    so that load from other processes hits all of them alike."""
-    sessions = [new_session(p, threads) for p in paths]
-    memory, norm = zero_state(config)
-    n = config["segment_len"]
+def ingest_times(paths: list[Path], tokens: np.ndarray, threads: int) -> list[float]:
+    """Median seconds per whole-segment call (new stream, all logits) of each model, calls
+    interleaved model by model so that load from other processes hits all of them alike."""
+    models = [open_model(p, threads) for p in paths]
     times: list[list[float]] = [[] for _ in paths]
-    for i in range(tokens.size // n):
-        for session, bucket in zip(sessions, times):
-            feeds = segment_feeds(session, config, tokens[i * n : (i + 1) * n], memory, norm)
+    for ids in segments(tokens, models[0].config.segment_len):
+        for model, bucket in zip(models, times):
+            state = model.new_state()
             t0 = time.perf_counter()
-            session.run(None, feeds)
+            model.step(state, ids, num_logits=ids.size)
             bucket.append(time.perf_counter() - t0)
     return [statistics.median(t[1:]) for t in times]  # the first call warms up
 
@@ -116,7 +114,7 @@ def main() -> None:
     print(f"\n== ingest throughput, ORT CPU, {args.threads} thread(s), same run ==")
     tokens = token_stream(meta, config, args.speed_segments + 1, THROUGHPUT_SEED)
     t_fp32, t_int8, t_int4 = ingest_times(
-        [fp32, paths["int8"], paths["int4"]], config, tokens, args.threads
+        [fp32, paths["int8"], paths["int4"]], tokens, args.threads
     )
     n = config["segment_len"]
     for name, t in (("fp32", t_fp32), ("int8", t_int8), ("int4", t_int4)):
@@ -131,9 +129,7 @@ def main() -> None:
 
     print(f"\n== {args.long_segments} segments through int8 ==")
     tokens = token_stream(meta, config, args.long_segments, LONG_SEED)
-    long = compare(
-        new_session(fp32, args.threads), new_session(paths["int8"], args.threads), config, tokens
-    )
+    long = compare(open_model(fp32, args.threads), open_model(paths["int8"], args.threads), tokens)
     first, last = long.agreement_per_segment[:50], long.agreement_per_segment[-50:]
     print(f"state finite: {long.state_finite}")
     print(f"top-1 agreement, first 50 segments: {np.mean(first):.2%}; last 50: {np.mean(last):.2%}")

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
@@ -22,7 +23,7 @@ from infini_onnx.quantize.graph import (
     plan_graph,
 )
 from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
-from infini_onnx.quantize.stream import new_session, segment_feeds, stream, zero_state
+from infini_onnx.quantize.stream import open_model, segments, stream
 from infini_onnx.quantize.targets import resolve
 from infini_onnx.quantize.text import token_stream
 
@@ -84,14 +85,14 @@ def test_variant_keeps_memory_path_float32(mode, tiny_onnx, variants):
         model.graph.output.append(
             onnx.helper.make_tensor_value_info(nodes[name].output[0], onnx.TensorProto.FLOAT, None)
         )
-    new_session(model.SerializeToString())
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_variant_keeps_contract_and_metadata(mode, tiny_onnx, variants):
     _, fp32 = tiny_onnx
     source = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
-    session = new_session(variants[mode])
+    session = ort.InferenceSession(variants[mode], providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     assert meta[contract.KEY_VARIANT] == mode
     assert {k: v for k, v in meta.items() if k != contract.KEY_VARIANT} == {
@@ -121,19 +122,20 @@ def test_fp16_state_past_half_range_stays_finite(tiny_onnx, variants):
     _, fp32 = tiny_onnx
     meta = load_step_graph(fp32)[1]
     config = config_of(meta)
-    memory, norm = zero_state(config)
+    ids = next(segments(token_stream(meta, config, 1, seed=0), config["segment_len"]))
+    L, G, d = config["num_hidden_layers"], config["num_key_value_heads"], config["head_dim"]
     rng = np.random.default_rng(0)
-    memory = (rng.random(memory.shape) * 1e5).astype(np.float32)
-    norm = (1e6 + rng.random(norm.shape) * 1e5).astype(np.float32)
-    ids = token_stream(meta, config, 1, seed=0)
+    memory = (rng.random((1, L, G, d, d)) * 1e5).astype(np.float32)
+    norm = (1e6 + rng.random((1, L, G, d)) * 1e5).astype(np.float32)
     outs = []
     for path in (fp32, variants["fp16"]):
-        session = new_session(path)
-        outs.append(session.run(None, segment_feeds(session, config, ids, memory, norm)))
-    for ref, half in zip(outs[0][3:], outs[1][3:]):
-        assert np.isfinite(half).all()
+        model = open_model(path)
+        host = model.to_host(model.new_state())
+        host.update(memory=memory, norm=norm, memory_acc=memory, norm_acc=norm)
+        _, state = model.step(model.from_host(host), ids)  # NonFiniteError on NaN or inf
+        outs.append((state.memory, state.norm))
+    for ref, half in zip(*outs):
         np.testing.assert_allclose(half, ref, rtol=1e-2)
-    assert np.isfinite(outs[1][0]).all()
 
 
 def test_int8_linear_rule_mha(onnx_factory, tmp_path):
@@ -142,18 +144,33 @@ def test_int8_linear_rule_mha(onnx_factory, tmp_path):
     assert accuracy_report(fp32, out, segments=4).accuracy.top1_agreement >= 0.9
 
 
+def test_report_stops_at_a_non_finite_variant(tiny_onnx, tmp_path):
+    """The runtime refuses NaN outputs: the report says so instead of averaging NaN."""
+    _, fp32 = tiny_onnx
+    model = onnx.load(str(fp32))
+    weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    nan = np.full(onnx.numpy_helper.to_array(weight).shape, np.nan, np.float32)
+    weight.CopyFrom(onnx.numpy_helper.from_array(nan, weight.name))
+    broken = tmp_path / "nan.onnx"
+    onnx.save(model, str(broken))
+    report = accuracy_report(fp32, broken, segments=2)
+    a = report.accuracy
+    assert not a.state_finite and a.segments == 0 and a.final_memory_rel_error == np.inf
+    assert "NOT FINITE" in report.lines()[1]
+
+
 def test_calibration_carries_the_state(tiny_onnx):
     _, fp32 = tiny_onnx
     meta = load_step_graph(fp32)[1]
     config = config_of(meta)
     tokens = token_stream(meta, config, 3, seed=1)
-    session = new_session(fp32)
-    reader = CarriedStateReader(session, config, tokens)
+    model = open_model(fp32)
+    reader = CarriedStateReader(model, tokens)
     feeds = [reader.get_next() for _ in range(4)]
     assert feeds.pop() is None
     assert len(feeds) == 3
     assert not feeds[0]["memory"].any()
-    expected = list(stream(session, config, tokens))
+    expected = list(stream(model, tokens))
     np.testing.assert_array_equal(feeds[2]["memory"], expected[1].memory)
     np.testing.assert_array_equal(feeds[2]["norm_acc"], expected[1].norm)
 

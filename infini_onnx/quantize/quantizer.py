@@ -15,7 +15,7 @@ from infini_onnx.quantize.calibration import CarriedStateReader
 from infini_onnx.quantize.errors import QuantizeError
 from infini_onnx.quantize.graph import config_of, load_step_graph, plan_graph
 from infini_onnx.quantize.report import Report, compare, file_bytes
-from infini_onnx.quantize.stream import new_session
+from infini_onnx.quantize.stream import open_model
 from infini_onnx.quantize.targets import Settings
 from infini_onnx.quantize.text import token_stream
 
@@ -48,7 +48,7 @@ def quantize_model(
     elif settings.mode == "int8-static":
         config = config_of(meta)
         tokens = token_stream(meta, config, calib_segments, CALIB_SEED, calib)
-        reader = CarriedStateReader(new_session(in_path), config, tokens)
+        reader = CarriedStateReader(open_model(in_path), tokens)
         result = modes.int8_static(model, plan, settings, reader)
     elif settings.mode == "int4":
         result = modes.int4(model, plan, settings)
@@ -100,10 +100,10 @@ def accuracy_report(
     meta = {p.key: p.value for p in model.metadata_props}
     config = config_of(meta)
     tokens = token_stream(meta, config, segments, EVAL_SEED, text)
-    variant = new_session(out_path, threads)
-    accuracy = compare(new_session(in_path, threads), variant, config, tokens)
+    variant = open_model(out_path, threads)
+    accuracy = compare(open_model(in_path, threads), variant, tokens)
     return Report(
-        variant=variant.get_modelmeta().custom_metadata_map[contract.KEY_VARIANT],
+        variant=variant.variant,
         input_path=str(in_path),
         output_path=str(out_path),
         input_bytes=file_bytes(in_path),

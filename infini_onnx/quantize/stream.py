@@ -1,7 +1,8 @@
-"""A minimal segment loop over a step graph with ONNX Runtime (SPEC section 3).
+"""The quantizer's streams over a step graph, through the runtime's loop (`InfiniModel.step`).
 
-Every call ingests one whole segment: P = 0, T = segment_len, memory_acc bound to memory; then
-memory <- memory_acc_out. Used for calibration and for the accuracy report.
+Every call ingests one whole segment (P = 0, T = segment_len, memory_acc bound to memory); the
+runtime commits the memory after it (SPEC section 3). Used for calibration and for the accuracy
+report.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+from infini_onnx.runtime import InfiniModel
+from infini_onnx.runtime.graph import session_options
 
 
 @dataclass
@@ -25,56 +26,25 @@ class SegmentResult:
     norm: np.ndarray  # [1, L, G, d]
 
 
-def new_session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session on a file or serialised model (threads 0: ONNX Runtime's default)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+def open_model(path: str | Path, threads: int | None = None) -> InfiniModel:
+    """The runtime's model on the CPU (threads None or 0: all cores), ONNX Runtime's warnings
+    silenced (quantised graphs draw some that say nothing to the user)."""
+    options = session_options(threads or None)
     options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def segment_feeds(
-    session: ort.InferenceSession,
-    config: dict,
-    ids: np.ndarray,
-    memory: np.ndarray,
-    norm: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """The inputs of a whole-segment call: empty cache, memory_acc = memory."""
-    L, G, d = config["num_hidden_layers"], config["num_key_value_heads"], config["head_dim"]
-    cache_type = {i.name: i.type for i in session.get_inputs()}["past_key"]
-    empty = np.zeros((1, L, G, 0, d), _NUMPY_TYPES[cache_type])
-    return {
-        "input_ids": ids.reshape(1, -1).astype(np.int64),
-        "past_key": empty,
-        "past_value": empty,
-        "memory": memory,
-        "norm": norm,
-        "memory_acc": memory,
-        "norm_acc": norm,
-        "num_logits": np.array([ids.size], np.int64),
-    }
-
-
-def zero_state(config: dict) -> tuple[np.ndarray, np.ndarray]:
-    """memory and norm at the start of a stream."""
-    L, G, d = config["num_hidden_layers"], config["num_key_value_heads"], config["head_dim"]
-    return np.zeros((1, L, G, d, d), np.float32), np.zeros((1, L, G, d), np.float32)
+    return InfiniModel(path, device="cpu", session_options=options)
 
 
 def segments(tokens: np.ndarray, segment_len: int) -> Iterator[np.ndarray]:
-    """The whole segments of a token stream (a trailing partial segment is dropped)."""
+    """The whole segments of a token stream as [1, segment_len] int64 input_ids (a trailing
+    partial segment is dropped)."""
     for start in range(0, tokens.size - segment_len + 1, segment_len):
-        yield tokens[start : start + segment_len]
+        yield tokens[start : start + segment_len].reshape(1, -1).astype(np.int64)
 
 
-def stream(
-    session: ort.InferenceSession, config: dict, tokens: np.ndarray
-) -> Iterator[SegmentResult]:
-    """Run `tokens` through the graph one whole segment per call, carrying the memory."""
-    memory, norm = zero_state(config)
-    for ids in segments(tokens, config["segment_len"]):
-        feeds = segment_feeds(session, config, ids, memory, norm)
-        logits, memory, norm = session.run(["logits", "memory_acc_out", "norm_acc_out"], feeds)
-        yield SegmentResult(logits[0], memory, norm)
+def stream(model: InfiniModel, tokens: np.ndarray) -> Iterator[SegmentResult]:
+    """Run `tokens` through the graph one whole segment per call, carrying the memory. Raises
+    the runtime's NonFiniteError if NaN or inf appears."""
+    state = model.new_state()
+    for ids in segments(tokens, model.config.segment_len):
+        logits, state = model.step(state, ids, num_logits=ids.size)
+        yield SegmentResult(logits[0], state.memory, state.norm)
