@@ -123,6 +123,7 @@ def passkey_command(
 
 def _register_stage_commands() -> None:
     """Attach the commands each stage defines in its own module."""
+    from infini_onnx.bench.cli import bench_command
     from infini_onnx.export.cli import export_command
     from infini_onnx.quantize.cli import quantize_command
     from infini_onnx.runtime.cli import generate_command, stream_command
@@ -131,6 +132,7 @@ def _register_stage_commands() -> None:
     main.add_command(quantize_command, "quantize")
     main.add_command(stream_command, "stream")
     main.add_command(generate_command, "generate")
+    main.add_command(bench_command, "bench")
 
 
 _register_stage_commands()

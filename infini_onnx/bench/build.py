@@ -1,0 +1,71 @@
+"""The models a run measures, built from one `infini init` model directory (no downloads)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from infini_onnx.bench.machine import cpu_info
+
+
+@dataclass(frozen=True)
+class Models:
+    model_dir: Path
+    onnx: dict[str, Path]  # fp32, int8, int4, llama
+    seconds: dict[str, float]  # build time of each
+
+
+def quantize_target(flags: list[str]) -> str | None:
+    """The `infini quantize --target` for this CPU (x86 only; None elsewhere)."""
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx2" in flags:
+        return "avx2"
+    return None
+
+
+def build_models(workdir: Path, preset: str, log=print) -> Models:
+    """init + export (fp32) + quantize (int8, int4) + the full-attention export; files already
+    in `workdir` are reused."""
+    from infini_onnx.bench.llama import export_llama
+    from infini_onnx.export.exporter import export_model
+    from infini_onnx.model import from_pretrained, init_model_dir
+    from infini_onnx.quantize.quantizer import quantize_model
+    from infini_onnx.quantize.targets import resolve
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_dir = workdir / preset
+    onnx = {v: workdir / f"{preset}-{v}.onnx" for v in ("fp32", "int8", "int4", "llama")}
+    target = quantize_target(cpu_info()["flags"])
+    steps = {
+        "init": (
+            model_dir / "model.safetensors",
+            lambda: init_model_dir(model_dir, preset, seed=0),
+        ),
+        "fp32": (onnx["fp32"], lambda: export_model(model_dir, onnx["fp32"])),
+        "int8": (
+            onnx["int8"],
+            lambda: quantize_model(onnx["fp32"], onnx["int8"], resolve("int8", target)),
+        ),
+        "int4": (
+            onnx["int4"],
+            lambda: quantize_model(onnx["fp32"], onnx["int4"], resolve("int4", target)),
+        ),
+        "llama": (onnx["llama"], lambda: export_llama(from_pretrained(model_dir), onnx["llama"])),
+    }
+    seconds = {}
+    for name, (path, make) in steps.items():
+        if path.exists():
+            continue
+        log(f"  build {name} -> {path.name}")
+        t0 = time.perf_counter()
+        make()
+        seconds[name] = round(time.perf_counter() - t0, 1)
+    return Models(model_dir, onnx, seconds)
+
+
+def file_bytes(path: Path) -> int:
+    """A model file plus its external data file, if any."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

@@ -1,0 +1,63 @@
+"""The `infini bench` command."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import click
+
+from infini_onnx.cli_utils import one_line_errors
+from infini_onnx.errors import InfiniError
+
+NEEDS = ("torch", "onnx", "matplotlib")  # export and plots; the [bench] extra brings them
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="1K-16K tokens, short budgets (about 3 minutes).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="bench-results",
+    show_default=True,
+    help="Where results.json, results.md, command.txt and the PNG plots go.",
+)
+@click.option("--threads", type=int, default=None, help="Threads of every system [all cores].")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep the built models here and reuse them [a temporary directory].",
+)
+@click.option("--note", default="", help="A line recorded with the results (e.g. other load).")
+@one_line_errors
+def bench_command(
+    quick: bool, out: str, threads: int | None, workdir: str | None, note: str
+) -> None:
+    """Benchmark infini-onnx (ORT fp32/int8/int4) against the PyTorch reference,
+    infini-transformer-pytorch and a full-attention Llama in ORT: ingest speed, peak RSS and
+    decode latency against stream length, model size, compute efficiency. Each system runs in
+    its own fresh process. Needs the [bench] extra."""
+    missing = [name for name in NEEDS if find_spec(name) is None]
+    if missing:
+        raise InfiniError(
+            f"infini bench needs {', '.join(missing)}: pip install 'infini-onnx[bench]'"
+        )
+    from infini_onnx.bench.markdown import summary_text
+    from infini_onnx.bench.runner import run
+
+    program = Path(sys.argv[0])
+    program = "infini" if program.name == "infini" else f"python {program}"
+    results = run(
+        Path(out),
+        quick,
+        " ".join([program, *map(shlex.quote, sys.argv[1:])]),
+        threads=threads,
+        workdir=Path(workdir) if workdir else None,
+        note=note,
+        log=click.echo,
+    )
+    click.echo(summary_text(results))
+    click.echo(f"wrote {out}: results.json, results.md, command.txt and the plots")

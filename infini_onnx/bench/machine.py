@@ -1,0 +1,91 @@
+"""The machine a run measures: CPU, threads, library versions, and its dense matmul ceiling."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from importlib import metadata
+
+import numpy as np
+
+from infini_onnx.bench.stats import summary
+
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+PACKAGES = ("numpy", "onnxruntime", "torch", "infini-transformer-pytorch", "infini-onnx")
+
+
+def cpu_info() -> dict:
+    """CPU model name, family/model/stepping, ISA flags of interest, cores this process may use."""
+    info: dict = {"model": platform.processor() or platform.machine(), "flags": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(
+                (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in f) if k
+            )
+    except OSError:
+        fields = {}
+    if fields:
+        info["model"] = fields.get("model name", info["model"])
+        info["family/model/stepping"] = "/".join(
+            fields.get(k, "?") for k in ("cpu family", "model", "stepping")
+        )
+        flags = set(fields.get("flags", "").split())
+        info["flags"] = [f for f in ISA_FLAGS if f in flags]
+    info["cores_available"] = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    )
+    return info
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+def _time(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, dict]:
+    """Dense fp32 n x n x n matmul GFLOP/s through ONNX Runtime's MatMul and through numpy.
+
+    Run in a worker whose BLAS thread variables are set to `threads` before numpy loads.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from infini_onnx.runtime.graph import session_options
+
+    spec = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "abc"]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm", spec[:2], spec[2:]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(
+        model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    flops = 2 * n**3
+    to_gflops = lambda times: summary([flops / t / 1e9 for t in times])  # noqa: E731
+    return {
+        "onnxruntime": to_gflops(_time(lambda: session.run(None, {"a": a, "b": b}), repeats)),
+        "numpy": to_gflops(_time(lambda: a @ b, repeats)),
+        "size": n,
+    }

@@ -1,0 +1,229 @@
+"""The systems under test, behind one small interface (each lives in its own worker process).
+
+A system streams tokens: `ingest(ids)` advances its state by one chunk of ids (a whole segment,
+or for the full-attention baseline a chunk of the same length), `decode(n)` times n greedy
+decode steps continuing the stream, one token per call, without changing the ingested state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class System(Protocol):
+    params: int
+    chunk: int  # tokens per ingest call
+
+    def reset(self) -> None: ...
+
+    def ingest(self, ids: np.ndarray) -> None: ...
+
+    def decode(self, tokens: int) -> list[float]: ...
+
+
+def _timed(step: Callable[[], object], tokens: int) -> list[float]:
+    times = []
+    for _ in range(tokens):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+class OrtInfini:
+    """infini-onnx: the runtime's Stream over an exported (or quantised) step graph."""
+
+    def __init__(self, onnx_path: Path, threads: int):
+        from infini_onnx.runtime import InfiniModel
+
+        self.model = InfiniModel(onnx_path, threads=threads)
+        self.stream = self.model.stream()
+        self.chunk = self.model.config.segment_len
+        self.params = 0  # set by the caller from the model directory (the graph has no count)
+
+    def reset(self) -> None:
+        self.stream = self.model.stream()
+
+    def ingest(self, ids: np.ndarray) -> None:
+        self.stream.feed(ids)
+
+    def decode(self, tokens: int) -> list[float]:
+        generator: Iterator[int] = self.stream.fork().generate(
+            max_new_tokens=tokens, temperature=0, stop=()
+        )
+        return _timed(lambda: next(generator), tokens)
+
+
+class TorchReference:
+    """The project's PyTorch reference, eager: one `step` per segment, last logits only."""
+
+    def __init__(self, model_dir: Path, threads: int):
+        import torch
+
+        from infini_onnx.model import from_pretrained
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = from_pretrained(model_dir).eval()
+        self.state = self.model.new_state()
+        self.chunk = self.model.config.segment_len
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def reset(self) -> None:
+        self.state = self.model.new_state()
+
+    def ingest(self, ids: np.ndarray) -> None:
+        s = self.state
+        with self.torch.inference_mode():
+            _, _, _, m, z = self.model.step(
+                self.torch.from_numpy(ids[None]),
+                s.past_key,
+                s.past_value,
+                s.memory,
+                s.norm,
+                s.memory_acc,
+                s.norm_acc,
+                num_logits=1,
+            )
+        empty = s.past_key[:, :, :, :0]
+        self.state = type(s)(m, z, m, z, empty, empty)
+
+    def decode(self, tokens: int) -> list[float]:
+        state, token = self.state, [self.model.config.bos_token_id]
+
+        def step() -> None:
+            nonlocal state
+            with self.torch.inference_mode():
+                logits, state = self.model(self.torch.tensor([token]), state)
+            token[0] = int(logits[0, -1].argmax())
+
+        return _timed(step, tokens)
+
+
+class InfiniTransformerPytorch:
+    """`infini-transformer-pytorch` (lucidrains), delta rule, sized to a parameter budget.
+
+    Ingest is its documented segment call (`return_new_memories=True`, logits for every
+    position: it has no option for fewer); decoding passes its growing per-layer KV cache.
+    """
+
+    def __init__(self, kwargs: dict, chunk: int, threads: int, seed: int = 0):
+        import torch
+        from infini_transformer_pytorch import InfiniTransformer
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        self.torch = torch
+        self.model = InfiniTransformer(**kwargs).eval()
+        self.memories = None
+        self.chunk = chunk
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def reset(self) -> None:
+        self.memories = None
+
+    def ingest(self, ids: np.ndarray) -> None:
+        with self.torch.inference_mode():
+            out = self.model(
+                self.torch.from_numpy(ids[None]),
+                past_memories=self.memories,
+                return_new_memories=True,
+            )
+        self.memories = out.past_memories
+
+    def decode(self, tokens: int) -> list[float]:
+        cache, token = None, [0]
+
+        def step() -> None:
+            nonlocal cache
+            with self.torch.inference_mode():
+                out = self.model(
+                    self.torch.tensor([token]), past_memories=self.memories, cached_kv=cache
+                )
+            cache = out.cached_kvs
+            token[0] = int(out.logits[0, -1].argmax())
+
+        return _timed(step, tokens)
+
+
+class OrtFullAttention:
+    """The full-attention Llama graph (see llama.py) with its growing KV cache, in ORT."""
+
+    def __init__(self, onnx_path: Path, config, threads: int):
+        import onnxruntime as ort
+
+        from infini_onnx.bench.llama import cache_names
+        from infini_onnx.runtime.graph import session_options
+
+        self.session = ort.InferenceSession(
+            str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        self.names = cache_names(config.num_hidden_layers, "past_key_values")
+        self.shape = (1, config.num_key_value_heads, 0, config.head_dim)  # per layer, K or V
+        self.chunk = config.segment_len
+        self.bos = config.bos_token_id
+        self.params = 0  # set by the caller
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = [np.zeros(self.shape, np.float32)] * len(self.names)
+
+    def fill(self, tokens: int, seed: int = 0) -> None:
+        """A cache as after `tokens` tokens, of random values (for positions beyond ingest)."""
+        rng = np.random.default_rng(seed)
+        shape = (*self.shape[:2], tokens, self.shape[3])
+        self.cache = [rng.standard_normal(shape, dtype=np.float32) for _ in self.names]
+
+    def _run(self, ids: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        logits, *present = self.session.run(
+            None, {"input_ids": ids[None], **dict(zip(self.names, cache))}
+        )
+        return logits, present
+
+    def ingest(self, ids: np.ndarray) -> None:
+        _, self.cache = self._run(ids.astype(np.int64), self.cache)
+
+    def decode(self, tokens: int) -> list[float]:
+        cache, token = self.cache, np.array([self.bos], np.int64)
+
+        def step() -> None:
+            nonlocal cache, token
+            logits, cache = self._run(token, cache)
+            token = logits[0, -1].argmax(keepdims=True).astype(np.int64)
+
+        return _timed(step, tokens)
+
+
+def itp_kwargs(config, params: int) -> dict:
+    """infini-transformer-pytorch settings of the same width, depth, heads, head_dim and memory
+    rule as `config`, its feed-forward width chosen so the parameter count is closest to
+    `params` (it has no grouped key/value heads, so its attention is larger)."""
+    D, L, H, d, V = (
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.head_dim,
+        config.vocab_size,
+    )
+    rotary = d // 2  # rotary-embedding-torch keeps its frequencies as a parameter
+    attention = D + 3 * D * H * d + H * d * D + H + rotary
+    fixed = V * D + D + D * V + V + L * (attention + 2 * D)  # + feed-forward norm, out bias
+
+    def count(inner: int) -> int:
+        return fixed + L * (D * 2 * inner + 2 * inner + inner * D)
+
+    inner = max(range(1, 8 * D), key=lambda i: -abs(count(i) - params))
+    return dict(
+        num_tokens=V,
+        dim=D,
+        depth=L,
+        dim_head=d,
+        heads=H,
+        ff_mult=(inner + 0.5) * 3 / (2 * D),  # int(ff_mult * D * 2 / 3) == inner
+        use_mem_delta_rule=config.memory_update == "delta",
+    )

@@ -1,0 +1,147 @@
+"""One measurement in a fresh process: `python -m infini_onnx.bench.worker JOB.json`.
+
+Jobs (JSON): {"kind": "ceiling" | "sweep" | "point", "system": {...}, "threads": n, "out": path,
+...}. The parent sets the thread variables of every library in the environment before this
+process starts; results are written to `out` as JSON (rewritten after every stream point, so a
+run stopped by a timeout still leaves what it measured).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from infini_onnx.bench.stats import summary
+from infini_onnx.runtime.progress import peak_rss_bytes, rss_bytes
+
+WARMUP_CHUNKS, WARMUP_DECODE = 2, 4
+
+
+def build_system(spec: dict, threads: int):
+    """The System a job's "system" entry describes."""
+    from infini_onnx.bench import systems
+
+    kind = spec["type"]
+    if kind == "ort":
+        system = systems.OrtInfini(Path(spec["onnx"]), threads)
+    elif kind == "torch":
+        system = systems.TorchReference(Path(spec["model_dir"]), threads)
+    elif kind == "itp":
+        system = systems.InfiniTransformerPytorch(spec["kwargs"], spec["chunk"], threads)
+    elif kind == "llama":
+        from infini_onnx.config import InfiniConfig
+
+        config = InfiniConfig.from_json_file(Path(spec["model_dir"]) / "config.json")
+        system = systems.OrtFullAttention(Path(spec["onnx"]), config, threads)
+    else:
+        raise ValueError(f"unknown system type {kind!r}")
+    system.params = spec.get("params") or system.params
+    return system
+
+
+def fresh(spec: dict, threads: int, vocab: int):
+    """A system after warm-up (ingest and decode, then back to an empty stream)."""
+    system = build_system(spec, threads)
+    rng = np.random.default_rng(99)
+    for _ in range(WARMUP_CHUNKS):
+        system.ingest(rng.integers(0, vocab, system.chunk))
+    system.decode(WARMUP_DECODE)
+    system.reset()
+    return system
+
+
+def write(out: Path, result: dict) -> None:
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+
+
+def sweep(job: dict, out: Path) -> None:
+    """Ingest one stream up to each checkpoint in turn; at each, record ingest speed, peak RSS
+    and decode latency. Stops after the last checkpoint, or when the next one would pass the
+    time budget or the RSS cap."""
+    rss_before = rss_bytes()
+    system = fresh(job["system"], job["threads"], job["vocab"])
+    result = {
+        "params": system.params,
+        "rss_before_load": rss_before,
+        "rss_after_load": rss_bytes(),
+        "points": [],
+        "stop": f"reached {job['checkpoints'][-1]:,} tokens",
+    }
+    budget = f"time budget ({job['budget_s']:g} s of ingest)"
+    rng = np.random.default_rng(job.get("seed", 0))
+    tokens, elapsed = 0, 0.0
+    for target in sorted(job["checkpoints"]):
+        window = []
+        while tokens < target and elapsed <= job["budget_s"] and rss_bytes() <= job["rss_cap"]:
+            ids = rng.integers(0, job["vocab"], system.chunk)
+            t0 = time.perf_counter()
+            system.ingest(ids)
+            window.append(time.perf_counter() - t0)
+            elapsed += window[-1]
+            tokens += system.chunk
+        if tokens < target:
+            over = elapsed > job["budget_s"]
+            result["stop"] = budget if over else f"RSS cap ({job['rss_cap'] / 2**30:.1f} GiB)"
+            break
+        decode = system.decode(job["decode_tokens"])
+        p = {
+            "tokens": tokens,
+            "ingest_s": elapsed,
+            "cumulative_tok_s": tokens / elapsed,
+            "window_tok_s": summary([system.chunk / t for t in window]),
+            "decode_ms": summary([t * 1e3 for t in decode]),
+            "peak_rss": peak_rss_bytes(),
+        }
+        result["points"].append(p)
+        write(out, result)
+        print(
+            f"    {tokens:>9,} tokens: {p['window_tok_s']['median']:>7,.0f} tok/s, "
+            f"decode {p['decode_ms']['median']:6.2f} ms, peak RSS {p['peak_rss'] / 2**20:,.0f} MB",
+            flush=True,
+        )
+        # Stop early when the next point would pass the budget at the last window's speed.
+        per_token = sum(window) / (len(window) * system.chunk)
+        if target != job["checkpoints"][-1]:
+            following = min(c for c in job["checkpoints"] if c > target)
+            if elapsed + (following - tokens) * per_token > job["budget_s"]:
+                result["stop"] = budget
+                break
+    write(out, result)
+
+
+def point(job: dict, out: Path) -> None:
+    """Decode latency and peak RSS of the full-attention baseline at a cache of `tokens`
+    positions filled with random values (positions beyond what the time budget ingests)."""
+    system = fresh(job["system"], job["threads"], job["vocab"])
+    system.fill(job["tokens"])
+    decode = system.decode(job["decode_tokens"])
+    write(
+        out,
+        {
+            "tokens": job["tokens"],
+            "decode_ms": summary([t * 1e3 for t in decode]),
+            "peak_rss": peak_rss_bytes(),
+            "synthetic": True,
+        },
+    )
+
+
+def ceiling(job: dict, out: Path) -> None:
+    from infini_onnx.bench.machine import matmul_gflops
+
+    write(out, matmul_gflops(job["threads"]))
+
+
+def main() -> None:
+    job = json.loads(Path(sys.argv[1]).read_text())
+    {"sweep": sweep, "point": point, "ceiling": ceiling}[job["kind"]](job, Path(job["out"]))
+
+
+if __name__ == "__main__":
+    main()

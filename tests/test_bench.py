@@ -1,0 +1,200 @@
+"""The benchmark harness: FLOP counts, the report writers, a worker run, the baselines."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from infini_onnx.bench import flops, markdown, plots, report
+from infini_onnx.bench.runner import run_worker
+from infini_onnx.config import preset_config
+
+MB = 2**20
+
+
+def test_flops_by_hand():
+    c = preset_config("tiny")  # D 64, I 128, L 2, H 4, G 2, d 16, N 32, V 258, delta
+    dense = 2 * (64 * 64 + 64 * 32 + 64 * 32 + 64 * 64 + 3 * 64 * 128)  # q k v o gate up down
+    attention = 4 * 32 * 4 * 16  # N keys, H heads, d: q k^T and A v
+    read = 4 * (2 * 16 * 16 + 2 * 16)  # per query head: sigma(q) M, sigma(q) z
+    write = 2 * (2 * 16 * 16 + 16)  # per kv head: sigma(K)^T V, sum sigma(K)
+    delta = 2 * (2 * 16 * 16 + 2 * 16)  # per kv head: sigma(K) M, sigma(K) z
+    head = 2 * 64 * 258 / 32  # last position only, once per segment
+    assert dense == 73728
+    assert flops.ingest_flops_per_token(c) == 2 * (dense + attention + read + write + delta) + head
+    linear = preset_config("tiny", memory_update="linear")
+    assert flops.ingest_flops_per_token(linear) == 2 * (dense + attention + read + write) + head
+    assert flops.matmul_params(c) == 2 * dense // 2
+
+
+def _point(tokens: int, tok_s: float, decode_ms: float, rss_mb: float) -> dict:
+    stat = lambda x: {"median": x, "min": 0.9 * x, "max": 1.1 * x, "n": 3}  # noqa: E731
+    return {
+        "tokens": tokens,
+        "ingest_s": tokens / tok_s,
+        "cumulative_tok_s": tok_s,
+        "window_tok_s": stat(tok_s),
+        "decode_ms": stat(decode_ms),
+        "peak_rss": rss_mb * MB,
+    }
+
+
+def _fake_results() -> dict:
+    c = preset_config("small")
+    lengths = [1024, 4096, 16384]
+    flat = lambda tok_s, ms, mb: [_point(n, tok_s, ms, mb) for n in lengths]  # noqa: E731
+    system = lambda group, points, stop="reached": {  # noqa: E731
+        "group": group,
+        "params": 12_787_632,
+        "points": points,
+        "stop": stop,
+        "file_bytes": {"bytes": 50 * MB, "what": "x.onnx"},
+    }
+    systems = {
+        report.FP32: system("infini-onnx", flat(3000, 4.0, 250)),
+        report.INT8: system("infini-onnx", flat(6000, 2.5, 180)),
+        report.REFERENCE: system("baseline", flat(2000, 20.0, 430)),
+        report.ITP: system("baseline", flat(1500, 25.0, 400)),
+        report.LLAMA: system(
+            "baseline",
+            [_point(n, 3000 * 1024 / n, 5.0 * n / 1024, 250 + n / 100) for n in lengths[:2]],
+            "time budget",
+        ),
+    }
+    systems[report.LLAMA]["synthetic"] = [
+        {
+            "tokens": 65536,
+            "decode_ms": {"median": 300.0, "min": 290.0, "max": 310.0, "n": 8},
+            "peak_rss": 2000 * MB,
+            "synthetic": True,
+        },
+        {"tokens": 1 << 20, "skipped": "needs ~24 GiB"},
+    ]
+    run = {
+        "command": "infini bench --quick",
+        "date": "2026-01-01 00:00 UTC",
+        "mode": "quick",
+        "threads": 2,
+        "cpu": {"model": "Test CPU", "flags": ["avx2"], "cores_available": 2},
+        "versions": {"python": "3.11"},
+        "load_average_start": [0.1, 0.1, 0.1],
+        "load_average_end": [0.2, 0.1, 0.1],
+        "wall_seconds": 100.0,
+        "note": "",
+    }
+    stat = {"median": 150.0, "min": 140.0, "max": 155.0, "n": 5}
+    ceilings = [{"onnxruntime": stat, "numpy": {**stat, "median": 100.0}, "size": 2048}] * 2
+    return report.derive(run, c, 12_787_632, ceilings, systems, ["a note"])
+
+
+def test_report_derives_targets_and_writes(tmp_path):
+    results = _fake_results()
+    fp32 = results["systems"][report.FP32]["headline"]
+    expected = 3000 * flops.ingest_flops_per_token(preset_config("small")) / 1e9
+    assert fp32["gflops"]["median"] == pytest.approx(expected)
+    assert fp32["efficiency"] == pytest.approx(expected / 150.0)
+    met = {t["target"]: t for t in results["targets"]}
+    assert met["int8 ingest >= 2x the PyTorch reference"]["value"] == pytest.approx(3.0)
+    assert met["int8 ingest >= 2x the PyTorch reference"]["met"] is True
+    itp = met[">= 2x infini-transformer-pytorch tokens/s at equal parameters"]
+    assert itp["value"] == pytest.approx(4.0) and itp["measured"] == "int8 4.00x, fp32 2.00x"
+    grows = next(t for t in results["targets"] if t["target"].startswith("full attention"))
+    assert grows["met"] is True and grows["value"] == pytest.approx(60.0)  # 300 ms / 5 ms
+    json.dumps(results)  # JSON-serialisable as written
+
+    text = markdown.markdown(results)
+    assert "`infini bench --quick`" in text and "- a note" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| {report.FP32} |"))
+    assert "3,000 [2,700-3,300]" in row and "12.788M" in row
+    assert "| 64K |" in text and "300.00 [290.00-310.00]*" in text  # the synthetic point
+    assert "| 1M |" not in text  # skipped points have no row
+    assert markdown.summary_text(results).count("| yes |") == len(
+        [t for t in results["targets"] if t["met"]]
+    )
+
+    written = plots.write_all(results, tmp_path)
+    assert [p.name for p in written] == list(plots.FIGURES)
+    assert all(p.stat().st_size > 10_000 for p in written)
+
+
+def test_worker_sweep_smoke(tiny_onnx, tmp_path):
+    """A fresh worker process streams the tiny model to two lengths and reports both."""
+    model_dir, onnx_path = tiny_onnx
+    job = {
+        "kind": "sweep",
+        "system": {"type": "ort", "onnx": str(onnx_path), "params": 1},
+        "checkpoints": [64, 128],
+        "budget_s": 30,
+        "decode_tokens": 3,
+        "vocab": 258,
+        "rss_cap": 8 * 2**30,
+    }
+    result, error = run_worker(job, threads=1, timeout=60, tmp=tmp_path)
+    assert error is None
+    assert [p["tokens"] for p in result["points"]] == [64, 128]
+    assert result["stop"] == "reached 128 tokens"
+    point = result["points"][-1]
+    assert point["decode_ms"]["n"] == 3 and point["window_tok_s"]["n"] == 2
+    assert point["peak_rss"] >= result["rss_after_load"] > 0
+
+
+def test_worker_failure_is_reported(tmp_path):
+    job = {"kind": "sweep", "system": {"type": "nonsense"}, "checkpoints": [64]}
+    result, error = run_worker(
+        {**job, "vocab": 258, "budget_s": 1, "decode_tokens": 1, "rss_cap": 2**30},
+        threads=1,
+        timeout=60,
+        tmp=tmp_path,
+    )
+    assert result == {} and "unknown system type" in error
+
+
+def test_full_attention_llama_export(model_dir_factory, tmp_path):
+    """The baseline graph: chunked calls with the growing cache give the one-shot logits."""
+    import onnxruntime as ort
+    import torch
+
+    from infini_onnx.bench.llama import FullAttentionLlama, cache_names, export_llama
+    from infini_onnx.model import from_pretrained
+
+    model = from_pretrained(model_dir_factory())
+    path = export_llama(model, tmp_path / "llama.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    c = model.config
+    names = cache_names(c.num_hidden_layers, "past_key_values")
+    cache = [np.zeros((1, c.num_key_value_heads, 0, c.head_dim), np.float32)] * len(names)
+    ids = np.random.default_rng(0).integers(0, c.vocab_size, (1, 75))
+    for start, stop in [(0, 32), (32, 74), (74, 75)]:  # two chunks, then one decoded token
+        logits, *cache = session.run(
+            None, {"input_ids": ids[:, start:stop], **dict(zip(names, cache))}
+        )
+    with torch.no_grad():
+        zero = torch.zeros(1, c.num_key_value_heads, 0, c.head_dim)
+        expected = FullAttentionLlama(model)(torch.from_numpy(ids), *[zero] * len(names))[0]
+    assert cache[0].shape[2] == 75
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-5)
+
+
+def test_itp_matched_parameters():
+    pytest.importorskip("infini_transformer_pytorch")
+    from infini_transformer_pytorch import InfiniTransformer
+
+    from infini_onnx.bench.systems import itp_kwargs
+
+    target = 12_787_632  # the small preset
+    model = InfiniTransformer(**itp_kwargs(preset_config("small"), target))
+    assert abs(sum(p.numel() for p in model.parameters()) - target) / target < 1e-3
+
+
+def test_bench_command_is_registered_without_heavy_imports():
+    import subprocess
+
+    code = "import sys, infini_onnx.cli; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    from infini_onnx.cli import main
+
+    assert "bench" in main.commands
