@@ -43,7 +43,7 @@ QUICK = Plan(
 )
 FULL = Plan(
     checkpoints=tuple(K * 2**i for i in range(11)),  # 1K .. 1M
-    infini_budget_s=330,
+    infini_budget_s=400,
     baseline_budget_s=90,
     decode_tokens=32,
     synthetic=(128 * K, 256 * K),
@@ -93,7 +93,7 @@ def system_specs(models: Models, config: InfiniConfig, params: int) -> tuple[lis
                 type="llama",
                 onnx=str(models.onnx["llama"]),
                 model_dir=str(models.model_dir),
-                params=params,
+                params=params - config.num_hidden_layers * config.num_attention_heads,  # no gates
             ),
         )
     )
@@ -145,7 +145,7 @@ def synthetic_points(
     per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
     points = []
     for tokens in plan.synthetic:
-        need = 3 * tokens * per_token  # cache, its copy in the call, the random generator's
+        need = 4 * tokens * per_token + 2**29  # cache in, cache out, their copies (measured)
         if need > cap:
             log(f"    {tokens:>9,} tokens: skipped (needs ~{need / 2**30:.1f} GiB > cap)")
             points.append({"tokens": tokens, "skipped": f"needs ~{need / 2**30:.1f} GiB"})
