@@ -66,17 +66,18 @@ def sweep(job: dict, out: Path) -> None:
     time budget or the RSS cap."""
     rss_before = rss_bytes()
     system = fresh(job["system"], job["threads"], job["vocab"])
+    checkpoints = sorted(job["checkpoints"])
     result = {
         "params": system.params,
         "rss_before_load": rss_before,
         "rss_after_load": rss_bytes(),
         "points": [],
-        "stop": f"reached {job['checkpoints'][-1]:,} tokens",
+        "stop": f"reached {checkpoints[-1]:,} tokens",
     }
     budget = f"time budget ({job['budget_s']:g} s of ingest)"
     rng = np.random.default_rng(job.get("seed", 0))
     tokens, elapsed = 0, 0.0
-    for target in sorted(job["checkpoints"]):
+    for target in checkpoints:
         window = []
         while tokens < target and elapsed <= job["budget_s"] and rss_bytes() <= job["rss_cap"]:
             ids = rng.integers(0, job["vocab"], system.chunk)
@@ -107,8 +108,8 @@ def sweep(job: dict, out: Path) -> None:
         )
         # Stop early when the next point would pass the budget at the last window's speed.
         per_token = sum(window) / (len(window) * system.chunk)
-        if target != job["checkpoints"][-1]:
-            following = min(c for c in job["checkpoints"] if c > target)
+        if target != checkpoints[-1]:
+            following = checkpoints[checkpoints.index(target) + 1]
             if elapsed + (following - tokens) * per_token > job["budget_s"]:
                 result["stop"] = budget
                 break
