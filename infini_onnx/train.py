@@ -37,19 +37,21 @@ PASSKEY_MODEL = dict(
 
 @dataclass
 class TrainConfig:
-    steps: int = 1200
-    batch_size: int = 8
+    steps: int = 2400
+    batch_size: int = 12
     lr: float = 2e-3
     gate_lr: float = 5e-2  # gates barely move at the ordinary rate (NOTES)
     weight_decay: float = 0.05  # never on gates or norms
     warmup: int = 50
     answer_weight: float = 20.0  # the answer bytes weigh this much more than the filler's
-    min_len: int = 256
+    min_len: int = 128
+    short_len: int = 384  # the longest sequence during the first short_steps: learn to retrieve
+    short_steps: int = 1000
     max_len: int = 4096  # the longest training sequence, in bytes (= tokens)
-    curriculum_steps: int = 600  # steps over which the longest sequence grows to max_len
+    curriculum_steps: int = 1100  # then the longest sequence grows to max_len over these steps
     log_every: int = 10
-    eval_every: int = 250
-    eval_lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384, 65536])
+    eval_every: int = 400
+    eval_lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
     eval_trials: int = 6
     seed: int = 0
     threads: int = 2
@@ -134,8 +136,8 @@ def train_passkey(
     history, start = [], time.perf_counter()
     n_answer = len(encode(passkey.answer("00000")))
     for step in range(1, cfg.steps + 1):
-        progress = min(step / cfg.curriculum_steps, 1.0)
-        longest = int(cfg.min_len + progress * (cfg.max_len - cfg.min_len))
+        growth = min(max(step - cfg.short_steps, 0) / cfg.curriculum_steps, 1.0)
+        longest = int(cfg.short_len + growth * (cfg.max_len - cfg.short_len))
         length = round(math.exp(rng.uniform(math.log(cfg.min_len), math.log(longest))))
         ids, targets = make_batch(rng, cfg.batch_size, length)
         weights = _answer_weights(targets.shape[1], n_answer, cfg.answer_weight)
