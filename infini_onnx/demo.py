@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +81,7 @@ def run_trial(
     """Stream one haystack and read back the model's greedy answer."""
     stream = model.stream()
     tokenizer = model.tokenizer
-    progress = Progress(out or sys.stderr) if out is not None else None
+    progress = Progress(out) if out is not None else None
     rss_start, start = rss_bytes(), time.perf_counter()
 
     def chunks():
