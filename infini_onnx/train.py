@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from infini_onnx import passkey
 from infini_onnx.config import preset_config
-from infini_onnx.model import InfiniLlamaForCausalLM, save_pretrained
+from infini_onnx.model import InfiniLlamaForCausalLM, from_pretrained, save_pretrained
 from infini_onnx.tokenizer import byte_level_tokenizer
 
 # The model: head_dim 128 and the delta rule (NOTES), 64-byte segments.
@@ -55,6 +55,7 @@ class TrainConfig:
     eval_trials: int = 6
     seed: int = 0
     threads: int = 2
+    init_from: str = ""  # a model directory to continue training (default: a fresh model)
 
 
 def encode(text: str) -> list[int]:
@@ -117,8 +118,11 @@ def train_passkey(
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = random.Random(cfg.seed)
-    model = InfiniLlamaForCausalLM(preset_config("tiny", **PASSKEY_MODEL))
-    model.init_weights(cfg.seed)
+    if cfg.init_from:
+        model = from_pretrained(cfg.init_from)
+    else:
+        model = InfiniLlamaForCausalLM(preset_config("tiny", **PASSKEY_MODEL))
+        model.init_weights(cfg.seed)
     model.train()
     gates = [p for n, p in model.named_parameters() if n.endswith("self_attn.gate")]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("norm.weight")]
