@@ -3,6 +3,9 @@
 Pure Python: the runtime reads the same keys through onnxruntime's modelmeta.
 """
 
+import hashlib
+from pathlib import Path
+
 FORMAT_VERSION = 1
 KEY_FORMAT_VERSION = "infini.format_version"
 KEY_CONFIG = "infini.config"  # the whole config.json
@@ -21,3 +24,13 @@ INPUT_NAMES = (
     "num_logits",
 )
 OUTPUT_NAMES = ("logits", "present_key", "present_value", "memory_acc_out", "norm_acc_out")
+
+
+def model_id(model_dir: Path) -> str:
+    """sha256 over config.json and the weight files: identifies the model across variants."""
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).iterdir()):
+        if f.name == "config.json" or f.name.endswith(".safetensors"):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()

@@ -7,7 +7,6 @@ that is exported and int8-quantised on first use and cached.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import time
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from infini_onnx import passkey
+from infini_onnx import contract, passkey
 from infini_onnx.errors import InfiniError
 from infini_onnx.runtime import InfiniModel
 from infini_onnx.runtime.progress import Progress, rss_bytes
@@ -29,14 +28,6 @@ def cache_dir() -> Path:
     return Path(base) / "infini-onnx"
 
 
-def _dir_hash(model_dir: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(model_dir.iterdir()):
-        if f.is_file() and (f.suffix in (".json", ".safetensors")):
-            h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def resolve_model(model: str | Path | None, log=print) -> Path:
     """An .onnx path for `model`: an .onnx file as is; a model directory (default: the shipped
     pass-key model) exported and int8-quantised once, then taken from the cache."""
@@ -45,7 +36,7 @@ def resolve_model(model: str | Path | None, log=print) -> Path:
         return path
     if not path.is_dir():
         raise InfiniError(f"{path}: no such model file or directory")
-    target = cache_dir() / _dir_hash(path) / "model-int8.onnx"
+    target = cache_dir() / contract.model_id(path)[:16] / "model-int8.onnx"
     if target.is_file():
         return target
     from infini_onnx.export.exporter import export_model  # needs the [export] extra

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
@@ -83,16 +82,6 @@ def example_inputs(
     )
 
 
-def model_id(model_dir: Path) -> str:
-    """sha256 over config.json and the weight files: identifies the model across variants."""
-    h = hashlib.sha256()
-    for f in sorted(model_dir.iterdir()):
-        if f.name == "config.json" or f.name.endswith(".safetensors"):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def max_opset() -> int:
     """The newest opset the installed onnx package knows."""
     return onnx.defs.onnx_opset_version()
@@ -157,7 +146,7 @@ def metadata(model_dir: Path, model: InfiniLlamaForCausalLM, variant: str) -> di
         contract.KEY_FORMAT_VERSION: str(contract.FORMAT_VERSION),
         contract.KEY_CONFIG: json.dumps(model.config.to_dict(), sort_keys=True),
         contract.KEY_VARIANT: variant,
-        contract.KEY_MODEL_ID: model_id(model_dir),
+        contract.KEY_MODEL_ID: contract.model_id(model_dir),
     }
     if (model_dir / TOKENIZER).is_file():
         props[contract.KEY_TOKENIZER] = (model_dir / TOKENIZER).read_text()
