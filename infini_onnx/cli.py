@@ -117,9 +117,10 @@ def passkey_command(
     mb = 2**20
     click.echo(f"pass key {key} at depth {depth:.2f} of {trial.tokens:,} tokens")
     click.echo(f"answer  {trial.answer.strip()!r}: {'correct' if trial.correct else 'WRONG'}")
+    click.echo(f"time {trial.seconds:.1f} s ({trial.tokens / trial.seconds:,.0f} tok/s)")
     click.echo(
-        f"time {trial.seconds:.1f} s ({trial.tokens / trial.seconds:,.0f} tok/s); resident memory "
-        f"{trial.rss_start / mb:.1f} MB at start, {trial.rss_end / mb:.1f} MB at end"
+        f"resident memory {trial.rss_warm / mb:.1f} MB after {demo.WARM_TOKENS:,} tokens, "
+        f"{trial.rss_end / mb:.1f} MB after all ({(trial.rss_end - trial.rss_warm) / mb:+.1f} MB)"
     )
 
 

@@ -69,7 +69,7 @@ def test_demo_cli_single_run_and_sweep(tiny_onnx):
     result = CliRunner().invoke(main, ["demo", "passkey", str(onnx_path), "--length", "2000"])
     assert result.exit_code == 0, result.output
     assert "pass key" in result.output and "answer" in result.output
-    assert "resident memory" in result.output
+    assert "resident memory" in result.output and "MB after all" in result.output
 
     args = ["demo", "passkey", str(onnx_path), "--sweep", "--lengths", "500,1000", "--trials", "2"]
     result = CliRunner().invoke(main, args)
