@@ -137,6 +137,6 @@ def format_table(table: dict[int, dict[str, float]], trials: int) -> str:
 
 
 def _length_name(n: int) -> str:
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
-    return f"{n // 1024}K" if n % 1024 == 0 else f"{n:,}"
+    if n % 2**20 == 0:
+        return f"{n >> 20}M"
+    return f"{n >> 10}K" if n % 2**10 == 0 else f"{n:,}"
