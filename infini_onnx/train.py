@@ -86,7 +86,7 @@ def retrieve(model: InfiniLlamaForCausalLM, length: int, depth: float, key: str)
     state = model.new_state(1)
     logits = None
     for chunk in passkey.haystack(length, depth, key):
-        logits, state = model(torch.tensor([encode(chunk)]), state)
+        logits, state = model(torch.tensor([encode(chunk)]), state, last_logits_only=True)
     out = []
     for _ in range(len(passkey.answer(key))):
         token = int(logits[0, -1].argmax())

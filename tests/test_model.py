@@ -171,7 +171,10 @@ def test_forward_continues_a_stream_from_any_split(model_dir_factory):
         whole, _ = model(ids)
         first, state = model(ids[:, : N + 5])
         rest, _ = model(ids[:, N + 5 :], state)
+        last, _ = model(ids, last_logits_only=True)
     assert (torch.cat([first, rest], 1) - whole).abs().max() <= 1e-5
+    assert last.shape == (1, 1, whole.shape[2])
+    assert (last[:, 0] - whole[:, -1]).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("cut", [False, True], ids=["through-memory", "memory-cut"])

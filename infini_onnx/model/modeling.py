@@ -261,12 +261,13 @@ class InfiniLlamaForCausalLM(nn.Module):
         return logits, stack(keys), stack(values), stack(mem_accs), stack(norm_accs)
 
     def forward(
-        self, input_ids: Tensor, state: StreamState | None = None
+        self, input_ids: Tensor, state: StreamState | None = None, last_logits_only: bool = False
     ) -> tuple[Tensor, StreamState]:
         """Run a token sequence of any length [B, S], continuing `state` (a new stream if None).
 
         Splits the tokens at segment boundaries and calls `step` once per piece; differentiable
-        through the memory across segments. Returns logits [B, S, V] and the state after the
+        through the memory across segments. Returns logits [B, S, V] ([B, 1, V] for the last
+        token with last_logits_only, which skips the LM head elsewhere) and the state after the
         last token, exactly as the step loop of SPEC section 3 leaves it.
         """
         if state is None:
@@ -283,6 +284,7 @@ class InfiniLlamaForCausalLM(nn.Module):
                 state.norm,
                 state.memory_acc,
                 state.norm_acc,
+                num_logits=1 if last_logits_only else None,
             )
             logits.append(out)
             start += take
@@ -291,4 +293,4 @@ class InfiniLlamaForCausalLM(nn.Module):
                 state = StreamState(mem_acc, norm_acc, mem_acc, norm_acc, empty, empty)
             else:
                 state = StreamState(state.memory, state.norm, mem_acc, norm_acc, key, value)
-        return torch.cat(logits, dim=1), state
+        return (logits[-1] if last_logits_only else torch.cat(logits, dim=1)), state
