@@ -79,7 +79,7 @@ def bench_flat(workdir: Path, total: int, threads: int) -> None:
 
 
 class Reference:
-    """The PyTorch reference run the way the runtime runs: one step call per piece."""
+    """The PyTorch reference run the way the runtime runs: one step call per segment."""
 
     def __init__(self, model_dir: Path):
         self.model = from_pretrained(model_dir).eval()
@@ -88,21 +88,7 @@ class Reference:
     @torch.inference_mode()
     def ingest(self, ids: np.ndarray) -> None:
         """Whole segments (the stream starts at a segment boundary), last logits only."""
-        N = self.model.config.segment_len
-        for start in range(0, len(ids), N):
-            s = self.state
-            _, _, _, m, z = self.model.step(
-                torch.from_numpy(ids[None, start : start + N]),
-                s.past_key,
-                s.past_value,
-                s.memory,
-                s.norm,
-                s.memory_acc,
-                s.norm_acc,
-                num_logits=1,
-            )
-            empty = s.past_key[:, :, :, :0]
-            self.state = type(s)(m, z, m, z, empty, empty)
+        _, self.state = self.model(torch.from_numpy(ids[None]), self.state, last_logits_only=True)
 
     @torch.inference_mode()
     def decode_latencies(self, tokens: int) -> list[float]:

@@ -60,7 +60,7 @@ class OrtInfini:
 
 
 class TorchReference:
-    """The project's PyTorch reference, eager: one `step` per segment, last logits only."""
+    """The project's PyTorch reference, eager: `forward` per segment, last logits only."""
 
     def __init__(self, model_dir: Path, threads: int):
         import torch
@@ -78,20 +78,10 @@ class TorchReference:
         self.state = self.model.new_state()
 
     def ingest(self, ids: np.ndarray) -> None:
-        s = self.state
         with self.torch.inference_mode():
-            _, _, _, m, z = self.model.step(
-                self.torch.from_numpy(ids[None]),
-                s.past_key,
-                s.past_value,
-                s.memory,
-                s.norm,
-                s.memory_acc,
-                s.norm_acc,
-                num_logits=1,
+            _, self.state = self.model(
+                self.torch.from_numpy(ids[None]), self.state, last_logits_only=True
             )
-        empty = s.past_key[:, :, :, :0]
-        self.state = type(s)(m, z, m, z, empty, empty)
 
     def decode(self, tokens: int) -> list[float]:
         state, token = self.state, [self.model.config.bos_token_id]
