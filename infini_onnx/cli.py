@@ -101,7 +101,7 @@ def passkey_command(
     """
     import random
 
-    from infini_onnx import demo
+    from infini_onnx import demo, passkey
     from infini_onnx.runtime import InfiniModel
 
     path = demo.resolve_model(model, log=click.echo)
@@ -112,7 +112,7 @@ def passkey_command(
         table = demo.sweep(runtime, sizes, demo.DEPTHS, trials, seed, log=click.echo)
         click.echo(demo.format_table(table, trials))
         return
-    key = demo.random_key(random.Random(seed))
+    key = passkey.random_key(random.Random(seed))
     trial = demo.run_trial(runtime, length, depth, key, out=sys.stderr)
     mb = 2**20
     click.echo(f"pass key {key} at depth {depth:.2f} of {trial.tokens:,} tokens")

@@ -74,13 +74,14 @@ def run_trial(
     stream = model.stream()
     tokenizer = model.tokenizer
     progress = Progress(out) if out is not None else None
-    rss_warm, fed, start = [], 0, time.perf_counter()
+    rss_warm: int | None = None
+    fed, start = 0, time.perf_counter()
 
     def chunks():
-        nonlocal fed
+        nonlocal fed, rss_warm
         for text in passkey.haystack(length, depth, key):
-            if fed >= WARM_TOKENS and not rss_warm:  # the chunks so far have gone through
-                rss_warm.append(rss_bytes())
+            if fed >= WARM_TOKENS and rss_warm is None:  # the chunks so far have gone through
+                rss_warm = rss_bytes()
             ids = tokenizer.encode(text, add_special_tokens=False).ids
             fed += len(ids)
             if progress:
@@ -95,13 +96,8 @@ def run_trial(
     ids = list(stream.generate(max_new_tokens=n_answer, temperature=0, stop=()))
     seconds = time.perf_counter() - start
     answer = tokenizer.decode(ids)
-    return Trial(
-        length, depth, key, answer, stream.tokens_seen, seconds, (rss_warm or [rss_end])[0], rss_end
-    )
-
-
-def random_key(rng: random.Random) -> str:
-    return f"{rng.randrange(10000, 100000)}"
+    warm = rss_end if rss_warm is None else rss_warm
+    return Trial(length, depth, key, answer, stream.tokens_seen, seconds, warm, rss_end)
 
 
 def sweep(
@@ -118,9 +114,8 @@ def sweep(
     for length in lengths:
         table[length] = {}
         for name, depth in depths.items():
-            hits = sum(
-                run_trial(model, length, depth, random_key(rng)).correct for _ in range(trials)
-            )
+            keys = [passkey.random_key(rng) for _ in range(trials)]
+            hits = sum(run_trial(model, length, depth, key).correct for key in keys)
             table[length][name] = hits / trials
             log(f"length {length:>9,}  depth {name:<6}  {hits}/{trials}")
     return table

@@ -7,12 +7,18 @@ counted in bytes, which are the tokens of the byte-level tokenizer.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 )
 QUESTION = "What is the pass key? The pass key is"
+
+
+def random_key(rng: random.Random) -> str:
+    """A 5-digit pass key."""
+    return f"{rng.randrange(10000, 100000)}"
 
 
 def needle(key: str) -> str:

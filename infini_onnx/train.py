@@ -67,7 +67,7 @@ def make_batch(rng: random.Random, batch: int, length: int) -> tuple[torch.Tenso
     """Input ids and next-token targets [B, S] for pass-key samples of about `length` bytes."""
     rows = []
     for _ in range(batch):
-        key = f"{rng.randrange(10000, 100000)}"
+        key = passkey.random_key(rng)
         prompt = "".join(passkey.haystack(length, rng.random(), key))
         rows.append(encode(prompt + passkey.answer(key)))
     ids = torch.tensor(rows)
@@ -104,7 +104,7 @@ def evaluate(
     for length in lengths:
         hits = 0
         for i in range(trials):
-            key = f"{rng.randrange(10000, 100000)}"
+            key = passkey.random_key(rng)
             depth = i / max(trials - 1, 1)
             hits += retrieve(model, length, depth, key) == passkey.answer(key)
         result[length] = hits / trials
