@@ -63,9 +63,3 @@ def build_models(workdir: Path, preset: str, log=print) -> Models:
         make()
         seconds[name] = round(time.perf_counter() - t0, 1)
     return Models(model_dir, onnx, seconds)
-
-
-def file_bytes(path: Path) -> int:
-    """A model file plus its external data file, if any."""
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

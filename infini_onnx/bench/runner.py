@@ -15,7 +15,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from infini_onnx.bench import machine
-from infini_onnx.bench.build import Models, build_models, file_bytes
+from infini_onnx.bench.build import Models, build_models
 from infini_onnx.config import InfiniConfig
 
 K = 1024
@@ -264,12 +264,12 @@ def _weights_bytes(spec: SystemSpec, models: Models, params: int) -> dict:
     (no file format of its own) its fp32 weights."""
     kind = spec.spec["type"]
     if kind in ("ort", "llama"):
-        return {"bytes": file_bytes(Path(spec.spec["onnx"])), "what": Path(spec.spec["onnx"]).name}
+        from infini_onnx.quantize.report import file_bytes  # .onnx plus its external data
+
+        return {"bytes": file_bytes(spec.spec["onnx"]), "what": Path(spec.spec["onnx"]).name}
     if kind == "torch":
-        return {
-            "bytes": file_bytes(models.model_dir / "model.safetensors"),
-            "what": "model.safetensors",
-        }
+        weights = models.model_dir / "model.safetensors"
+        return {"bytes": weights.stat().st_size, "what": weights.name}
     return {"bytes": 4 * params, "what": "fp32 weights in memory (no file format)"}
 
 
