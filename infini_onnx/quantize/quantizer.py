@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 
 from infini_onnx import contract
+from infini_onnx.export.files import atomic_output, data_file_name
 from infini_onnx.quantize import modes
 from infini_onnx.quantize.calibration import CarriedStateReader
-from infini_onnx.quantize.errors import QuantizeError
 from infini_onnx.quantize.graph import config_of, load_step_graph, plan_graph
 from infini_onnx.quantize.report import Report, compare, file_bytes
 from infini_onnx.quantize.stream import open_model
@@ -69,22 +67,14 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 
 def save_atomic(model: onnx.ModelProto, out_path: Path) -> Path:
-    """Write beside out_path and rename: never a half-written file. Past 2 GB the weights go to
-    an external data file `<name>.data`."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    """Write out_path (and, past 2 GB, its external data file `<name>.data`) complete or not at
+    all, with the exporter's atomic output."""
+    with atomic_output(out_path) as tmp:
         if model.ByteSize() < _PROTOBUF_LIMIT:
             onnx.save_model(model, tmp)
         else:
-            onnx.save_model(
-                model, tmp, save_as_external_data=True, location=out_path.name + ".data"
-            )
-        os.replace(tmp, out_path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise QuantizeError(f"{out_path}: cannot write ({e.strerror or e})") from None
+            location = data_file_name(out_path)
+            onnx.save_model(model, tmp, save_as_external_data=True, location=location)
     return out_path
 
 
