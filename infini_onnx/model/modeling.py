@@ -66,13 +66,21 @@ def memory_read(sq: Tensor, memory: Tensor, norm: Tensor) -> Tensor:
 
 
 def memory_write(
-    sk: Tensor, v: Tensor, memory: Tensor, norm: Tensor, rule: str
+    sk: Tensor, v: Tensor, memory: Tensor, norm: Tensor, rule: str, weights: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """The write of T tokens into memory as of the segment start.
-    sk, v [B, G, T, d], memory [B, G, d, d], norm [B, G, d] -> (dM [B, G, d, d], dz [B, G, d])."""
+    sk, v [B, G, T, d], memory [B, G, d, d], norm [B, G, d] -> (dM [B, G, d, d], dz [B, G, d]).
+
+    `weights` [B, T] (training only, None = 1) counts each token's write that many times:
+    dM = sigma(K)^T (w * (V - retrieved)), dz = sum_t w_t sigma(K_t) ("virtual length",
+    docs/training.md). For the linear rule a weight of c is exactly c repeated writes; for the
+    delta rule it approximates them (all c copies are written against the old memory)."""
     if rule == "delta":
         retrieved = (sk @ memory) / (sk @ norm.unsqueeze(-1)).clamp(min=CLAMP_MIN)
         v = v - retrieved
+    if weights is not None:
+        w = weights[:, None, :, None].to(sk.dtype)  # [B, 1, T, 1]
+        return sk.transpose(-1, -2) @ (w * v), (w * sk).sum(dim=2)
     return sk.transpose(-1, -2) @ v, sk.sum(dim=2)
 
 
@@ -93,7 +101,8 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """cos, sin [T, d] for integer positions [T] (Llama's rotate_half layout)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device)
+    inv_freq = theta ** (-exponents / head_dim)
     freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, d/2]
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
@@ -130,6 +139,7 @@ class InfiniAttention(nn.Module):
         norm: Tensor,  # [B, G, d]
         memory_acc: Tensor,  # [B, G, d, d]
         norm_acc: Tensor,  # [B, G, d]
+        write_weights: Tensor | None = None,  # [B, T], training only (see memory_write)
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         c = self.config
         B, T, _ = x.shape
@@ -153,7 +163,9 @@ class InfiniAttention(nn.Module):
         # Compressive memory, float32 whatever the model dtype; un-rotated q and k.
         sq = sigma(q.float()).view(B, G, r, T, d)
         a_mem = memory_read(sq, memory, norm)  # [B, G, r, T, d]
-        d_mem, d_norm = memory_write(sigma(k.float()), v.float(), memory, norm, c.memory_update)
+        d_mem, d_norm = memory_write(
+            sigma(k.float()), v.float(), memory, norm, c.memory_update, write_weights
+        )
 
         g = torch.sigmoid(self.gate.float()).view(G, r, 1, 1)
         a = (g * a_mem + (1 - g) * a_dot.float()).to(x.dtype)  # [B, G, r, T, d]
@@ -176,8 +188,12 @@ class DecoderLayer(nn.Module):
             )
         )
 
-    def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        attn_out, *new_state = self.self_attn(self.input_layernorm(x), *state)
+    def forward(
+        self, x: Tensor, *state: Tensor, write_weights: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        attn_out, *new_state = self.self_attn(
+            self.input_layernorm(x), *state, write_weights=write_weights
+        )
         x = x + attn_out
         h = self.post_attention_layernorm(x)
         x = x + self.mlp.down_proj(F.silu(self.mlp.gate_proj(h)) * self.mlp.up_proj(h))
@@ -232,6 +248,7 @@ class InfiniLlamaForCausalLM(nn.Module):
         memory_acc: Tensor,  # [B, L, G, d, d] float32
         norm_acc: Tensor,  # [B, L, G, d] float32
         num_logits: int | None = None,
+        write_weights: Tensor | None = None,  # [B, T], training only (see memory_write)
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """One call of the step graph (SPEC section 3) with P + T <= segment_len.
 
@@ -249,6 +266,7 @@ class InfiniLlamaForCausalLM(nn.Module):
                 norm[:, i],
                 memory_acc[:, i],
                 norm_acc[:, i],
+                write_weights=write_weights,
             )
             keys.append(k)
             values.append(v)
@@ -261,14 +279,19 @@ class InfiniLlamaForCausalLM(nn.Module):
         return logits, stack(keys), stack(values), stack(mem_accs), stack(norm_accs)
 
     def forward(
-        self, input_ids: Tensor, state: StreamState | None = None, last_logits_only: bool = False
+        self,
+        input_ids: Tensor,
+        state: StreamState | None = None,
+        last_logits_only: bool = False,
+        write_weights: Tensor | None = None,
     ) -> tuple[Tensor, StreamState]:
         """Run a token sequence of any length [B, S], continuing `state` (a new stream if None).
 
         Splits the tokens at segment boundaries and calls `step` once per piece; differentiable
         through the memory across segments. Returns logits [B, S, V] ([B, 1, V] for the last
         token with last_logits_only, which skips the LM head elsewhere) and the state after the
-        last token, exactly as the step loop of SPEC section 3 leaves it.
+        last token, exactly as the step loop of SPEC section 3 leaves it. `write_weights` [B, S]
+        (training only) scales each token's memory write (see memory_write).
         """
         if state is None:
             state = self.new_state(input_ids.shape[0], input_ids.device)
@@ -276,6 +299,9 @@ class InfiniLlamaForCausalLM(nn.Module):
         logits, start = [], 0
         while start < input_ids.shape[1]:
             take = min(N - state.cached, input_ids.shape[1] - start)
+            piece_weights = (
+                None if write_weights is None else write_weights[:, start : start + take]
+            )
             out, key, value, mem_acc, norm_acc = self.step(
                 input_ids[:, start : start + take],
                 state.past_key,
@@ -285,6 +311,7 @@ class InfiniLlamaForCausalLM(nn.Module):
                 state.memory_acc,
                 state.norm_acc,
                 num_logits=1 if last_logits_only else None,
+                write_weights=piece_weights,
             )
             logits.append(out)
             start += take
