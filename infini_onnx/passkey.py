@@ -31,26 +31,30 @@ def answer(key: str) -> str:
 
 
 def haystack(length: int, depth: float, key: str, chunk_repeats: int = 64) -> Iterator[str]:
-    """Yield the prompt of about `length` bytes in chunks (never whole in memory).
+    """Yield a prompt of exactly `length` bytes in chunks (never whole in memory).
 
-    The needle sits after `depth` (0 = start, 1 = end) of the filler repeats; the stream ends with
-    QUESTION. The filler is whole repeats of FILLER, as many as fit.
+    Filler, the needle after `depth` (0 = start, 1 = end) of the filler's whole repeats, more
+    filler, then QUESTION. The stream opens with the tail of a filler sentence so that the length
+    is exact: every length puts the question at its own offset within a segment.
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
-    room = length - len(needle(key)) - len(QUESTION)
-    repeats = max(room // len(FILLER), 0)
+    repeats, partial = divmod(haystack_room(length), len(FILLER))
     before = round(depth * repeats)
+    if partial:
+        yield FILLER[len(FILLER) - partial :]
     yield from _filler(before, chunk_repeats)
     yield needle(key)
     yield from _filler(repeats - before, chunk_repeats)
     yield QUESTION
 
 
-def haystack_length(length: int, key: str) -> int:
-    """The exact number of bytes `haystack(length, ..., key)` yields."""
-    room = length - len(needle(key)) - len(QUESTION)
-    return max(room // len(FILLER), 0) * len(FILLER) + len(needle(key)) + len(QUESTION)
+def haystack_room(length: int) -> int:
+    """Bytes of filler in a haystack of `length` bytes; ValueError if there is no room at all."""
+    room = length - len(needle("00000")) - len(QUESTION)
+    if room < 0:
+        raise ValueError(f"a pass-key haystack needs at least {length - room} tokens, got {length}")
+    return room
 
 
 def _filler(repeats: int, chunk_repeats: int) -> Iterator[str]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from infini_onnx import passkey
 from infini_onnx.config import preset_config
 from infini_onnx.model import InfiniLlamaForCausalLM, from_pretrained, save_pretrained
+from infini_onnx.model.modeling import sigma
 from infini_onnx.tokenizer import byte_level_tokenizer
 
 # The model: head_dim 128 and the delta rule (NOTES), 64-byte segments.
@@ -40,21 +41,24 @@ class TrainConfig:
     steps: int = 2400
     batch_size: int = 12
     lr: float = 2e-3
-    gate_lr: float = 5e-2  # gates barely move at the ordinary rate (NOTES)
+    gate_lr: float = 5e-2  # gates barely move at the ordinary rate (docs/training.md)
     weight_decay: float = 0.05  # never on gates or norms
     warmup: int = 50
     answer_weight: float = 20.0  # the answer bytes weigh this much more than the filler's
-    min_len: int = 128
+    min_len: int = 256
     short_len: int = 384  # the longest sequence during the first short_steps: learn to retrieve
     short_steps: int = 1000
     max_len: int = 4096  # the longest training sequence, in bytes (= tokens)
     curriculum_steps: int = 1100  # then the longest sequence grows to max_len over these steps
+    virtual_max: float = 1.0  # filler writes count c times, c log-uniform in [1, virtual_max]
+    cross_answer: float = 0.0  # share of batches where a segment boundary splits the answer
     log_every: int = 10
     eval_every: int = 400
     eval_lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
     eval_trials: int = 6
     seed: int = 0
     threads: int = 2
+    device: str = "cpu"  # "cuda" runs faster but its results differ in the last bits from CPU's
     init_from: str = ""  # a model directory to continue training (default: a fresh model)
 
 
@@ -63,15 +67,53 @@ def encode(text: str) -> list[int]:
     return list(text.encode())
 
 
-def make_batch(rng: random.Random, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input ids and next-token targets [B, S] for pass-key samples of about `length` bytes."""
-    rows = []
+def make_sample(
+    rng: random.Random, length: int, segment_len: int, virtual: float
+) -> tuple[list[int], list[float]]:
+    """One pass-key sample of exactly `length` bytes (haystack and answer) and the memory-write
+    weight of each byte: `virtual` for filler, 1 for the needle, question and answer.
+
+    The needle sits at a random depth but at least a segment of filler before the question, so
+    the answer has to come through the memory."""
+    key = passkey.random_key(rng)
+    prompt_len = length - len(passkey.answer(key))
+    repeats = (prompt_len - len(passkey.needle(key)) - len(passkey.QUESTION)) // len(passkey.FILLER)
+    fewest = -(-segment_len // len(passkey.FILLER))  # whole repeats after the needle
+    if repeats < fewest:
+        raise ValueError(f"a {length}-byte sample has no room for a segment of filler")
+    depth = rng.uniform(0.0, (repeats - fewest) / repeats)
+    text = "".join(passkey.haystack(prompt_len, depth, key)) + passkey.answer(key)
+    weights = [virtual] * len(text)
+    start = text.index(passkey.needle(key))
+    weights[start : start + len(passkey.needle(key))] = [1.0] * len(passkey.needle(key))
+    weights[prompt_len - len(passkey.QUESTION) :] = [1.0] * (
+        len(text) - prompt_len + len(passkey.QUESTION)
+    )
+    return encode(text), weights
+
+
+def make_batch(
+    rng: random.Random, cfg: TrainConfig, batch: int, length: int, segment_len: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Input ids, next-token targets and write weights [B, S] (weights None when all are 1).
+
+    With probability cfg.cross_answer the length grows so that a segment boundary falls inside
+    the answer or the question's last 12 bytes: the new segment then starts with an empty local
+    context (or one that reads like filler: "y is" of "sky is") and the rest of the question
+    and answer must come through the memory."""
+    n_answer = len(passkey.answer("00000"))
+    if rng.random() < cfg.cross_answer:
+        cut = rng.randint(-12, n_answer - 2)  # the answer byte (< 0: question byte) opening it
+        length += -(length - n_answer + cut) % segment_len
+    log_c = math.log(cfg.virtual_max)
+    rows, weights = [], []
     for _ in range(batch):
-        key = passkey.random_key(rng)
-        prompt = "".join(passkey.haystack(length, rng.random(), key))
-        rows.append(encode(prompt + passkey.answer(key)))
+        ids, w = make_sample(rng, length, segment_len, math.exp(rng.uniform(0.0, log_c)))
+        rows.append(ids)
+        weights.append(w)
     ids = torch.tensor(rows)
-    return ids[:, :-1], ids[:, 1:]
+    write_weights = torch.tensor(weights)[:, :-1] if cfg.virtual_max > 1 else None
+    return ids[:, :-1], ids[:, 1:], write_weights
 
 
 def _answer_weights(targets: int, n_answer: int, weight: float = 1.0) -> torch.Tensor:
@@ -83,15 +125,17 @@ def _answer_weights(targets: int, n_answer: int, weight: float = 1.0) -> torch.T
 @torch.no_grad()
 def retrieve(model: InfiniLlamaForCausalLM, length: int, depth: float, key: str) -> str:
     """Stream a haystack through the model and greedily generate the answer's bytes."""
-    state = model.new_state(1)
+    device = model.lm_head.weight.device
+    state = model.new_state(1, device)
     logits = None
     for chunk in passkey.haystack(length, depth, key):
-        logits, state = model(torch.tensor([encode(chunk)]), state, last_logits_only=True)
+        ids = torch.tensor([encode(chunk)], device=device)
+        logits, state = model(ids, state, last_logits_only=True)
     out = []
     for _ in range(len(passkey.answer(key))):
         token = int(logits[0, -1].argmax())
         out.append(token)
-        logits, state = model(torch.tensor([[token]]), state)
+        logits, state = model(torch.tensor([[token]], device=device), state)
     return bytes(t for t in out if t < 256).decode(errors="replace")
 
 
@@ -111,6 +155,50 @@ def evaluate(
     return result
 
 
+@torch.no_grad()
+def retrieval_margin(
+    model: InfiniLlamaForCausalLM, length: int = 1024, samples: int = 2, seed: int = 99
+) -> torch.Tensor:
+    """log10 rho per layer and query head [L, H]: how much more the answer's queries match the
+    whole needle's memory keys than one average filler key (docs/training.md).
+
+    After T filler tokens the needle's share of a memory read is about rho / (rho + T), so
+    rho is the stream length at which that head's retrieval has faded to one half."""
+    c, device = model.config, model.lm_head.weight.device
+    rng = random.Random(seed)
+    layers = [layer.self_attn for layer in model.model.layers]
+    inputs: list[torch.Tensor] = []  # each layer's attention input, piece by piece
+    hooks = [a.register_forward_pre_hook(lambda _, args: inputs.append(args[0])) for a in layers]
+    n_query = len(passkey.answer("00000")) - 2  # ' ' and the first 4 digits predict a digit
+    total = torch.zeros(len(layers), c.num_attention_heads)
+    try:
+        for _ in range(samples):
+            key = passkey.random_key(rng)
+            prompt = "".join(passkey.haystack(length, 0.5, key))
+            text = prompt + passkey.answer(key)[:n_query]
+            inputs.clear()
+            model(torch.tensor([encode(text)], device=device))
+            start = prompt.index(passkey.needle(key))
+            needle = torch.zeros(len(text), dtype=torch.bool)
+            needle[start : start + len(passkey.needle(key))] = True
+            filler = ~needle
+            filler[len(prompt) - len(passkey.QUESTION) :] = False
+            needle, filler = needle.to(device), filler.to(device)
+            for i, attn in enumerate(layers):
+                x = torch.cat(inputs[i :: len(layers)], dim=1)[0]  # [S, D]
+                sq = sigma(attn.q_proj(x).view(len(text), c.num_attention_heads, c.head_dim))
+                sk = sigma(attn.k_proj(x).view(len(text), c.num_key_value_heads, c.head_dim))
+                sk = sk.repeat_interleave(c.num_groups, dim=1)  # [S, H, d]
+                queries = sq[-n_query:]  # [n, H, d]
+                to_needle = (queries * sk[needle].sum(0)).sum(-1)  # [n, H]
+                to_filler = (queries * sk[filler].mean(0)).sum(-1)
+                total[i] += (to_needle / to_filler).log10().mean(0).cpu()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total / samples
+
+
 def train_passkey(
     out_dir: str | Path, cfg: TrainConfig, log: Callable[[str], None] = print
 ) -> dict[int, float]:
@@ -124,7 +212,7 @@ def train_passkey(
     else:
         model = InfiniLlamaForCausalLM(preset_config("tiny", **PASSKEY_MODEL))
         model.init_weights(cfg.seed)
-    model.train()
+    model.to(cfg.device).train()
     gates = [p for n, p in model.named_parameters() if n.endswith("self_attn.gate")]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("norm.weight")]
     rest = [p for p in model.parameters() if all(p is not q for q in gates + no_decay)]
@@ -140,16 +228,20 @@ def train_passkey(
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     history, start = [], time.perf_counter()
     n_answer = len(encode(passkey.answer("00000")))
+    segment_len = model.config.segment_len
     for step in range(1, cfg.steps + 1):
         growth = min(max(step - cfg.short_steps, 0) / cfg.curriculum_steps, 1.0)
         longest = int(cfg.short_len + growth * (cfg.max_len - cfg.short_len))
         length = round(math.exp(rng.uniform(math.log(cfg.min_len), math.log(longest))))
-        ids, targets = make_batch(rng, cfg.batch_size, length)
-        weights = _answer_weights(targets.shape[1], n_answer, cfg.answer_weight)
+        ids, targets, write_weights = make_batch(rng, cfg, cfg.batch_size, length, segment_len)
+        ids, targets = ids.to(cfg.device), targets.to(cfg.device)
+        if write_weights is not None:
+            write_weights = write_weights.to(cfg.device)
+        weights = _answer_weights(targets.shape[1], n_answer, cfg.answer_weight).to(cfg.device)
         scale = min(step / cfg.warmup, 1.0) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for group, lr in zip(optimizer.param_groups, base_lrs):
             group["lr"] = lr * scale
-        logits, _ = model(ids)
+        logits, _ = model(ids, write_weights=write_weights)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
         loss = (loss.view(targets.shape) * weights).sum() / (weights.sum() * targets.shape[0])
         answer_acc = (logits[:, -n_answer:].argmax(-1) == targets[:, -n_answer:]).float().mean()
@@ -159,18 +251,25 @@ def train_passkey(
         optimizer.step()
         elapsed = time.perf_counter() - start
         if step % cfg.log_every == 0:
+            rho = retrieval_margin(model)
+            where = divmod(int(rho.argmax()), rho.shape[1])
+            eta = elapsed / step * (cfg.steps - step)
             log(
                 f"step {step}/{cfg.steps} len {ids.shape[1] + 1} loss {loss.item():.3f} "
                 f"answer-acc {answer_acc.item():.2f} gate {torch.sigmoid(gates[-1]).mean():.2f} "
-                f"{elapsed / 60:.1f} min"
+                f"rho 1e{rho.max():.1f} (layer {where[0]} head {where[1]}) "
+                f"{elapsed / 60:.1f} min, {eta / 60:.0f} min left"
             )
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
             acc = evaluate(model, cfg.eval_lengths, cfg.eval_trials)
+            rho = retrieval_margin(model)
             model.train()
-            history.append(dict(step=step, minutes=elapsed / 60, accuracy=acc))
+            history.append(
+                dict(step=step, minutes=elapsed / 60, accuracy=acc, log10_rho=rho.tolist())
+            )
             log("eval " + "  ".join(f"{n}: {a:.0%}" for n, a in acc.items()))
-    model.eval()
+    model.cpu().eval()
     save_pretrained(model, out_dir, tokenizer_json=byte_level_tokenizer().to_str(pretty=True))
     (Path(out_dir) / "training.json").write_text(
         json.dumps(dict(config=asdict(cfg), history=history), indent=2) + "\n"
