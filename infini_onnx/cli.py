@@ -72,17 +72,39 @@ def demo_group() -> None:
     help="Where the pass key sits: 0 = start, 1 = end.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Chooses the pass key.")
-@click.option(
-    "--sweep", is_flag=True, help="Accuracy table over --lengths x depths (start/middle/end)."
-)
+@click.option("--sweep", is_flag=True, help="Accuracy table over --lengths (or --grid) x --depths.")
 @click.option(
     "--lengths",
     default="4096,16384,65536,262144,1048576",
     show_default=True,
     help="Sweep lengths, comma separated.",
 )
+@click.option(
+    "--grid",
+    default=None,
+    metavar="START:STOP:STEP",
+    help="Sweep a fine grid of lengths instead, e.g. 1000:8200:97 (finds brittle lengths).",
+)
+@click.option(
+    "--depths",
+    default="start,middle,end",
+    show_default=True,
+    help="Sweep depths: start, middle, end or numbers in [0, 1].",
+)
 @click.option("--trials", type=int, default=20, show_default=True, help="Sweep trials per cell.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (default: all).")
+@click.option(
+    "--jobs", type=click.IntRange(1), default=1, show_default=True, help="Sweep worker processes."
+)
+@click.option(
+    "--threads", type=int, default=None, help="Intra-op threads (default: all; 1 per sweep job)."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the sweep as JSON.",
+)
 @one_line_errors
 def passkey_command(
     model: str | None,
@@ -91,26 +113,41 @@ def passkey_command(
     seed: int,
     sweep: bool,
     lengths: str,
+    grid: str | None,
+    depths: str,
     trials: int,
+    jobs: int,
     threads: int | None,
+    json_path: str | None,
 ) -> None:
     """Find a pass key hidden in a stream of LENGTH tokens.
 
     MODEL is an .onnx file or a model directory (exported and int8-quantised on first use,
-    then cached); the default is the shipped examples/models/passkey-tiny.
+    then cached); the default is the shipped examples/models/passkey-tiny. --sweep measures
+    accuracy over many lengths and depths (--seed chooses the keys).
     """
+    import json
     import random
+    from pathlib import Path
 
     from infini_onnx import demo, passkey
     from infini_onnx.runtime import InfiniModel
 
+    if sweep:
+        sizes = demo.parse_lengths(lengths, grid)
+        where = demo.parse_depths(depths)
+    demo.check_length(length)
     path = demo.resolve_model(model, log=click.echo)
     runtime = InfiniModel(path, threads=threads)
     click.echo(f"model {path} ({runtime.variant}, segment {runtime.config.segment_len})")
     if sweep:
-        sizes = [int(n) for n in lengths.split(",")]
-        table = demo.sweep(runtime, sizes, demo.DEPTHS, trials, seed, log=click.echo)
+        table = demo.sweep(path, sizes, where, trials, seed, jobs, threads, log=click.echo)
         click.echo(demo.format_table(table, trials))
+        if json_path:
+            record = dict(model=str(path), variant=runtime.variant, trials=trials, seed=seed)
+            record["accuracy"] = {str(n): row for n, row in table.items()}
+            Path(json_path).write_text(json.dumps(record, indent=2) + "\n")
+            click.echo(f"wrote {json_path}")
         return
     key = passkey.random_key(random.Random(seed))
     trial = demo.run_trial(runtime, length, depth, key, out=sys.stderr)

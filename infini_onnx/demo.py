@@ -7,9 +7,11 @@ that is exported and int8-quantised on first use and cached.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -100,35 +102,139 @@ def run_trial(
     return Trial(length, depth, key, answer, stream.tokens_seen, seconds, warm, rss_end)
 
 
+def parse_lengths(lengths: str | None, grid: str | None) -> list[int]:
+    """Sweep lengths from "4096,16384" or a grid "START:STOP:STEP" (START up to STOP)."""
+    if grid:
+        try:
+            start, stop, step = (int(part) for part in grid.split(":"))
+        except ValueError:
+            raise InfiniError(f"--grid must be START:STOP:STEP in tokens, got {grid!r}") from None
+        if not 0 < start <= stop or step < 1:
+            raise InfiniError(f"--grid needs 0 < START <= STOP and STEP >= 1, got {grid!r}")
+        return list(range(start, stop + 1, step))
+    try:
+        sizes = [int(n) for n in (lengths or "").split(",")]
+    except ValueError:
+        raise InfiniError(
+            f"--lengths must be comma-separated token counts, got {lengths!r}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise InfiniError(f"--lengths must be positive token counts, got {lengths!r}")
+    return sizes
+
+
+def parse_depths(depths: str) -> dict[str, float]:
+    """Depth names (start, middle, end) or numbers in [0, 1], comma separated."""
+    out = {}
+    for name in depths.split(","):
+        name = name.strip()
+        try:
+            value = DEPTHS[name] if name in DEPTHS else float(name)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise InfiniError(f"--depths: {name!r} is not start, middle, end or a number in [0, 1]")
+        out[name] = value
+    return out
+
+
+def check_length(length: int) -> None:
+    try:
+        passkey.haystack_room(length)
+    except ValueError as e:
+        raise InfiniError(str(e)) from None
+
+
+_worker_model: InfiniModel | None = None
+
+
+def _start_worker(path: str, threads: int | None) -> None:
+    global _worker_model
+    _worker_model = InfiniModel(path, threads=threads)
+
+
+def _worker_trial(job: tuple[int, float, str]) -> bool:
+    assert _worker_model is not None
+    return run_trial(_worker_model, *job).correct
+
+
 def sweep(
-    model: InfiniModel,
+    model_path: str | Path,
     lengths: list[int],
     depths: dict[str, float],
     trials: int,
     seed: int,
+    jobs: int = 1,
+    threads: int | None = None,
     log=print,
 ) -> dict[int, dict[str, float]]:
-    """Accuracy per (length, depth) cell, `trials` random keys each (the paper's Table 3)."""
-    rng = random.Random(seed)
-    table: dict[int, dict[str, float]] = {}
+    """Accuracy per (length, depth) cell, `trials` random keys each (the paper's Table 3).
+
+    The keys depend on the seed alone; `jobs` worker processes (each with its own ONNX Runtime
+    session of `threads` intra-op threads, default 1 when jobs > 1) share the trials out.
+    """
     for length in lengths:
-        table[length] = {}
-        for name, depth in depths.items():
-            keys = [passkey.random_key(rng) for _ in range(trials)]
-            hits = sum(run_trial(model, length, depth, key).correct for key in keys)
-            table[length][name] = hits / trials
-            log(f"length {length:>9,}  depth {name:<6}  {hits}/{trials}")
+        check_length(length)  # refuse a length too short before any work
+    rng = random.Random(seed)
+    cells = [(n, name) for n in lengths for name in depths]
+    planned = [
+        (n, depths[name], passkey.random_key(rng)) for n, name in cells for _ in range(trials)
+    ]
+    if jobs > 1:
+        pool = ProcessPoolExecutor(  # spawn: forking a process with thread pools can deadlock
+            jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(str(model_path), threads or 1),
+        )
+        results = pool.map(_worker_trial, planned, chunksize=1)
+    else:
+        pool = None
+        _start_worker(str(model_path), threads)
+        results = map(_worker_trial, planned)
+    table: dict[int, dict[str, float]] = {n: {} for n in lengths}
+    try:
+        for n, name in cells:
+            hits = sum(next(results) for _ in range(trials))
+            table[n][name] = hits / trials
+            log(f"length {n:>9,}  depth {name:<6}  {hits}/{trials}")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return table
 
 
 def format_table(table: dict[int, dict[str, float]], trials: int) -> str:
-    """A markdown table: lengths as columns, depths as rows (the paper's layout)."""
+    """A markdown table: the paper's layout (lengths as columns, depths as rows), or lengths as
+    rows for a grid of many lengths, with a summary of the lengths that missed."""
     lengths = list(table)
     depths = list(next(iter(table.values())))
-    head = "| depth | " + " | ".join(_length_name(n) for n in lengths) + " |"
-    rule = "|---|" + "---|" * len(lengths)
-    rows = [f"| {d} | " + " | ".join(f"{table[n][d]:.0%}" for n in lengths) + " |" for d in depths]
-    return "\n".join([head, rule, *rows, f"\n{trials} trials per cell."])
+    if len(lengths) <= 8:
+        head = "| depth | " + " | ".join(_length_name(n) for n in lengths) + " |"
+        rule = "|---|" + "---|" * len(lengths)
+        rows = [
+            f"| {d} | " + " | ".join(f"{table[n][d]:.0%}" for n in lengths) + " |" for d in depths
+        ]
+        return "\n".join([head, rule, *rows, f"\n{trials} trials per cell."])
+    head = "| length | " + " | ".join(depths) + " | all |"
+    rule = "|---|" + "---|" * (len(depths) + 1)
+    rows = [
+        f"| {n:,} | "
+        + " | ".join(f"{table[n][d]:.0%}" for d in depths)
+        + f" | {_mean(table[n]):.0%} |"
+        for n in lengths
+    ]
+    missed = [n for n in lengths if _mean(table[n]) < 1.0]
+    summary = (
+        f"\n{trials} trials per cell. {len(lengths) - len(missed)} of {len(lengths)} lengths at "
+        f"100%, worst {min(_mean(table[n]) for n in lengths):.0%}"
+        + (f"; below 100%: {', '.join(f'{n:,}' for n in missed)}." if missed else ".")
+    )
+    return "\n".join([head, rule, *rows, summary])
+
+
+def _mean(row: dict[str, float]) -> float:
+    return sum(row.values()) / len(row)
 
 
 def _length_name(n: int) -> str:

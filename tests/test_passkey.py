@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 from click.testing import CliRunner
 
 from infini_onnx import demo, passkey
 from infini_onnx.cli import main
+from infini_onnx.errors import InfiniError
 
 
-def test_haystack_places_the_needle_at_its_depth_and_ends_with_the_question():
+def test_haystack_is_exact_with_the_needle_at_its_depth_and_the_question_last():
     key = "12345"
-    for depth, expected in ((0.0, 0), (0.5, 0.5), (1.0, 1)):
-        chunks = list(passkey.haystack(20_000, depth, key, chunk_repeats=8))
-        text = "".join(chunks)
-        assert len(text.encode()) == passkey.haystack_length(20_000, key) <= 20_000
-        assert max(len(c) for c in chunks) <= 8 * len(passkey.FILLER)  # streamed in pieces
-        assert text.endswith(passkey.QUESTION)
-        where = text.index(passkey.needle(key)) / (len(text) - len(passkey.QUESTION))
-        assert abs(where - expected) < 0.01, (depth, where)
-        assert text.count(key) == 2
+    for length in (20_000, 20_001, 20_063):
+        for depth, expected in ((0.0, 0), (0.5, 0.5), (1.0, 1)):
+            chunks = list(passkey.haystack(length, depth, key, chunk_repeats=8))
+            text = "".join(chunks)
+            assert len(text.encode()) == length  # every length: every question offset
+            assert all(chunks) and max(map(len, chunks)) <= 8 * len(passkey.FILLER)
+            assert text.endswith(passkey.QUESTION)
+            where = text.index(passkey.needle(key)) / (len(text) - len(passkey.QUESTION))
+            assert abs(where - expected) < 0.01, (depth, where)
+            assert text.count(key) == 2
+    with pytest.raises(ValueError, match="needs at least 96 tokens"):
+        list(passkey.haystack(95, 0.5, key))
 
 
 def test_training_is_deterministic_and_writes_a_loadable_model(tmp_path):
@@ -32,6 +39,8 @@ def test_training_is_deterministic_and_writes_a_loadable_model(tmp_path):
         short_steps=1,
         curriculum_steps=2,
         max_len=400,
+        virtual_max=100.0,
+        cross_answer=0.5,
         eval_every=3,
         eval_lengths=[300],
         eval_trials=1,
@@ -60,7 +69,7 @@ def test_demo_trial_streams_the_whole_haystack(tiny_onnx):
     model = InfiniModel(onnx_path, threads=1)
     trial = demo.run_trial(model, 3000, 0.5, "54321")
     answer_tokens = len(passkey.answer("54321"))
-    assert trial.tokens == passkey.haystack_length(3000, "54321") + answer_tokens
+    assert trial.tokens == 3000 + answer_tokens
     assert trial.correct == (trial.answer.strip().rstrip(".") == "54321")
 
 
@@ -92,3 +101,41 @@ def test_demo_caches_the_exported_int8_model(model_dir_factory, tmp_path, monkey
     mtime = first.stat().st_mtime_ns
     assert demo.resolve_model(model_dir, log=lambda _: None) == first
     assert first.stat().st_mtime_ns == mtime  # taken from the cache, not made again
+
+
+def test_sweep_lengths_grid_and_depths_are_parsed_or_refused():
+    assert demo.parse_lengths("4096,16384", None) == [4096, 16384]
+    assert demo.parse_lengths("4096", "1000:1300:97") == [1000, 1097, 1194, 1291]
+    assert demo.parse_depths("start,0.25,end") == {"start": 0.0, "0.25": 0.25, "end": 1.0}
+    for lengths, grid, words in (
+        ("4k", None, "comma-separated"),
+        ("0", None, "positive"),
+        (None, "1000:2000", "START:STOP:STEP"),
+        (None, "2000:1000:5", "START <= STOP"),
+    ):
+        with pytest.raises(InfiniError, match=words):
+            demo.parse_lengths(lengths, grid)
+    with pytest.raises(InfiniError, match="'deep'"):
+        demo.parse_depths("start,deep")
+
+
+def test_sweep_in_worker_processes_matches_one_process(tiny_onnx):
+    _, onnx_path = tiny_onnx
+    args = (onnx_path, [300, 401], {"start": 0.0, "end": 1.0}, 2, 3)
+    assert demo.sweep(*args, jobs=2, log=lambda _: None) == demo.sweep(*args, log=lambda _: None)
+
+
+def test_demo_cli_grid_sweep_writes_rows_summary_and_json(tiny_onnx, tmp_path):
+    _, onnx_path = tiny_onnx
+    out = tmp_path / "sweep.json"
+    args = ["demo", "passkey", str(onnx_path), "--sweep", "--grid", "200:1100:100"]
+    result = CliRunner().invoke(main, [*args, "--trials", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| length | start | middle | end | all |" in result.output
+    assert "| 1,000 |" in result.output and "of 10 lengths at 100%" in result.output
+    record = json.loads(out.read_text())
+    assert list(record["accuracy"]) == [str(n) for n in range(200, 1101, 100)]
+    assert set(record["accuracy"]["200"]) == {"start", "middle", "end"}
+
+    result = CliRunner().invoke(main, [*args[:3], "--length", "50"])
+    assert result.exit_code == 1 and "needs at least 96 tokens, got 50" in result.output
