@@ -38,6 +38,12 @@ from infini_onnx.cli_utils import one_line_errors
     help="Length of the held-out stream of the accuracy report (0: no report).",
 )
 @click.option(
+    "--eval-text",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Text file of the accuracy report's stream (default: generated English-like text).",
+)
+@click.option(
     "--report",
     "report_path",
     type=click.Path(dir_okay=False),
@@ -54,6 +60,7 @@ def quantize_command(
     calib: str | None,
     calib_segments: int,
     eval_segments: int,
+    eval_text: str | None,
     report_path: str | None,
 ) -> None:
     """Quantize the fp32 step graph IN_PATH to OUT_PATH; memory and its math stay float32."""
@@ -64,7 +71,7 @@ def quantize_command(
     quantize_model(in_path, out_path, settings, calib, calib_segments, log=click.echo)
     click.echo(f"wrote {out_path} ({settings.mode})")
     if eval_segments > 0:
-        report = accuracy_report(in_path, out_path, eval_segments)
+        report = accuracy_report(in_path, out_path, eval_segments, eval_text)
         for line in report.lines():
             click.echo(line)
         if report_path:
