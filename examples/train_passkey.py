@@ -1,10 +1,12 @@
-"""Train the pass-key model shipped in examples/models/passkey-tiny (2 CPU cores, < 60 min).
+"""Train one stage of a pass-key model (the shipped examples/models/passkey-tiny took four).
 
-    python examples/train_passkey.py examples/models/passkey-tiny --seed 0
+    python examples/train_passkey.py OUT_DIR [--init-from MODEL_DIR] [--virtual-max C] ...
 
-Deterministic for a seed (same machine, same thread count). Prints the loss and the answer
-accuracy every few steps and the pass-key accuracy at lengths well beyond the training length
-every --eval-every steps; writes the model directory and training.json (config and evaluations).
+Deterministic for a seed (same machine, same thread count). Prints a progress line every
+--log-every steps (loss, answer accuracy, gate, rho, minutes so far and left) and the pass-key
+accuracy at --eval-lengths every --eval-every steps; writes the model directory and
+training.json (config and evaluations). The stages of the shipped model are in its model card;
+the method in docs/training.md.
 """
 
 from __future__ import annotations

@@ -139,3 +139,12 @@ def test_demo_cli_grid_sweep_writes_rows_summary_and_json(tiny_onnx, tmp_path):
 
     result = CliRunner().invoke(main, [*args[:3], "--length", "50"])
     assert result.exit_code == 1 and "needs at least 96 tokens, got 50" in result.output
+
+
+def test_shipped_model_retrieves_at_16k_through_onnx_runtime_int8(tmp_path, monkeypatch):
+    """Regression: the shipped model, exported and int8-quantised as the demo does, finds the key
+    16K tokens back at every depth (a length whose question sits inside one segment)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = demo.resolve_model(None, log=lambda _: None)
+    table = demo.sweep(path, [16_377], demo.DEPTHS, 1, seed=0, log=lambda _: None)
+    assert table == {16_377: {"start": 1.0, "middle": 1.0, "end": 1.0}}

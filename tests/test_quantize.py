@@ -220,6 +220,32 @@ def test_cli_writes_variant_and_report(tiny_onnx, tmp_path):
     assert data["size_ratio"] < 1
 
 
+def test_cli_report_streams_the_eval_text(tiny_onnx, tmp_path):
+    _, fp32 = tiny_onnx
+    text = tmp_path / "haystack.txt"
+    text.write_text("The grass is green. The sky is blue. " * 40)
+    reports = []
+    for extra in ([], ["--eval-text", str(text)]):
+        report = tmp_path / f"r{len(reports)}.json"
+        args = [
+            str(fp32),
+            str(tmp_path / "q.onnx"),
+            "--eval-segments",
+            "4",
+            "--report",
+            str(report),
+        ]
+        result = CliRunner().invoke(quantize_command, args + extra)
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(report.read_text())["accuracy"])
+    assert reports[0]["mean_kl"] != reports[1]["mean_kl"]  # a different stream was compared
+
+    missing = [str(fp32), str(tmp_path / "q2.onnx"), "--eval-text", str(tmp_path / "nope.txt")]
+    result = CliRunner().invoke(quantize_command, missing)
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert not (tmp_path / "q2.onnx").exists()  # refused before any work
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

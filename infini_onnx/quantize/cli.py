@@ -39,7 +39,7 @@ from infini_onnx.cli_utils import one_line_errors
 )
 @click.option(
     "--eval-text",
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="Text file of the accuracy report's stream (default: generated English-like text).",
 )
