@@ -1,7 +1,10 @@
-"""Train an infini-llama on the pass-key task (PyTorch, CPU), backpropagating through the memory.
+"""Train an infini-llama on the pass-key task (PyTorch), backpropagating through the memory.
 
-Sequences are a few segments long (a curriculum up to `max_len` bytes); evaluation runs at lengths
-several times longer, streamed through the reference model segment by segment.
+Samples are a few segments long (a curriculum up to `max_len` bytes). With `virtual_max` > 1
+each filler byte's memory write counts c times, so that a short sample dilutes the memory like
+a stream c times longer ("virtual length"); `retrieval_margin` (rho) tracks how long a stream
+each head's retrieval survives. Evaluation streams much longer haystacks through the reference
+model segment by segment. The method and its limits: docs/training.md.
 """
 
 from __future__ import annotations
@@ -86,9 +89,8 @@ def make_sample(
     weights = [virtual] * len(text)
     start = text.index(passkey.needle(key))
     weights[start : start + len(passkey.needle(key))] = [1.0] * len(passkey.needle(key))
-    weights[prompt_len - len(passkey.QUESTION) :] = [1.0] * (
-        len(text) - prompt_len + len(passkey.QUESTION)
-    )
+    question = prompt_len - len(passkey.QUESTION)
+    weights[question:] = [1.0] * (length - question)
     return encode(text), weights
 
 
