@@ -34,7 +34,8 @@ EXPECTED_OP = {
     "int4": "MatMulNBits",
     "fp16": "Cast",
 }
-MIN_AGREEMENT = {"int8": 0.9, "int8-static": 0.9, "int4": 0.6, "fp16": 0.99}
+MIN_AGREEMENT = {"int8": 0.95, "int8-static": 0.95, "int4": 0.9, "fp16": 0.99}  # decisive positions
+MAX_KL = {"int8": 5e-4, "int8-static": 5e-4, "int4": 2e-3, "fp16": 1e-6}  # nats per position
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +110,21 @@ def test_variant_keeps_contract_and_metadata(mode, tiny_onnx, variants):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_variant_follows_float_model(mode, tiny_onnx, variants):
+    """A random model's logits are nearly flat (43% of positions have a top-2 margin under 0.03),
+    so top-1 over all positions flips on noise: check the KL, and top-1 where fp32 is decisive."""
     _, fp32 = tiny_onnx
     report = accuracy_report(fp32, variants[mode], segments=8)
     a = report.accuracy
     assert a.segments == 8 and a.state_finite
-    assert a.top1_agreement >= MIN_AGREEMENT[mode], a
+    assert a.mean_kl <= MAX_KL[mode], a
+    tokens = np.resize(np.arange(40, 120, dtype=np.int64), 8 * 32)
+    ref = np.concatenate([s.logits for s in stream(open_model(fp32, 1), tokens)])
+    out = np.concatenate([s.logits for s in stream(open_model(variants[mode], 1), tokens)])
+    top2 = np.sort(ref, -1)[:, -2:]
+    decisive = top2[:, 1] - top2[:, 0] > 0.1
+    agree = ref.argmax(-1) == out.argmax(-1)
+    assert decisive.sum() >= 10
+    assert agree[decisive].mean() >= MIN_AGREEMENT[mode], agree[decisive].mean()
     assert report.output_bytes < report.input_bytes
 
 
