@@ -105,10 +105,6 @@ def main() -> None:
         (args.out / "results.md").write_text(markdown)
 
 
-def _mean(row: dict[str, float]) -> float:
-    return sum(row.values()) / len(row)
-
-
 def to_markdown(results: dict) -> str:
     """The quantisation report and the per-length comparison against fp32."""
     variants = results["variants"]
@@ -139,22 +135,24 @@ def to_markdown(results: dict) -> str:
                 "|---|---|---|---|---|",
             ]
             for variant, entry in rows.items():
-                means = {n: _mean(r) for n, r in entry["accuracy"].items()}
-                missed = [f"{int(n):,}" for n, m in means.items() if m < 1]
-                worst = min(means, key=means.get)
+                table = {int(n): r for n, r in entry["accuracy"].items()}
+                missed, worst = demo.misses(table)
                 lines.append(
-                    f"| {variant} | {len(means)} | {len(means) - len(missed)} "
-                    f"| {int(worst):,} ({means[worst]:.0%}) | {', '.join(missed) or '-'} |"
+                    f"| {variant} | {len(table)} | {len(table) - len(missed)} "
+                    f"| {worst:,} ({demo.mean_accuracy(table[worst]):.0%}) "
+                    f"| {', '.join(f'{n:,}' for n in missed) or '-'} |"
                 )
             continue
         lines += ["", "| variant | " + " | ".join(lengths) + " |", "|---|" + "---|" * len(lengths)]
         for variant, entry in rows.items():
             cells = []
             for n in lengths:
-                mean = _mean(entry["accuracy"][n])
+                mean = demo.mean_accuracy(entry["accuracy"][n])
                 cell = f"{mean:.0%}"
                 if variant != "fp32" and "fp32" in rows:
-                    cell += f" ({(mean - _mean(rows['fp32']['accuracy'][n])) * 100:+.0f})"
+                    cell += (
+                        f" ({(mean - demo.mean_accuracy(rows['fp32']['accuracy'][n])) * 100:+.0f})"
+                    )
                 cells.append(cell)
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         lines += ["", "Per depth (start / middle / end):", ""]

@@ -221,19 +221,26 @@ def format_table(table: dict[int, dict[str, float]], trials: int) -> str:
     rows = [
         f"| {n:,} | "
         + " | ".join(f"{table[n][d]:.0%}" for d in depths)
-        + f" | {_mean(table[n]):.0%} |"
+        + f" | {mean_accuracy(table[n]):.0%} |"
         for n in lengths
     ]
-    missed = [n for n in lengths if _mean(table[n]) < 1.0]
+    missed, worst = misses(table)
     summary = (
         f"\n{trials} trials per cell. {len(lengths) - len(missed)} of {len(lengths)} lengths at "
-        f"100%, worst {min(_mean(table[n]) for n in lengths):.0%}"
+        f"100%, worst {mean_accuracy(table[worst]):.0%}"
         + (f"; below 100%: {', '.join(f'{n:,}' for n in missed)}." if missed else ".")
     )
     return "\n".join([head, rule, *rows, summary])
 
 
-def _mean(row: dict[str, float]) -> float:
+def misses(table: dict[int, dict[str, float]]) -> tuple[list[int], int]:
+    """The lengths not right at every depth, and the worst length."""
+    missed = [n for n in table if mean_accuracy(table[n]) < 1.0]
+    return missed, min(table, key=lambda n: mean_accuracy(table[n]))
+
+
+def mean_accuracy(row: dict[str, float]) -> float:
+    """A length's accuracy over its depths."""
     return sum(row.values()) / len(row)
 
 

@@ -252,8 +252,10 @@ def train_passkey(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         elapsed = time.perf_counter() - start
+        evaluating = step % cfg.eval_every == 0 or step == cfg.steps
+        if step % cfg.log_every == 0 or evaluating:
+            rho = retrieval_margin(model)  # log10 rho [L, H], once per step
         if step % cfg.log_every == 0:
-            rho = retrieval_margin(model)
             where = divmod(int(rho.argmax()), rho.shape[1])
             eta = elapsed / step * (cfg.steps - step)
             log(
@@ -262,10 +264,9 @@ def train_passkey(
                 f"rho 1e{rho.max():.1f} (layer {where[0]} head {where[1]}) "
                 f"{elapsed / 60:.1f} min, {eta / 60:.0f} min left"
             )
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if evaluating:
             model.eval()
             acc = evaluate(model, cfg.eval_lengths, cfg.eval_trials)
-            rho = retrieval_margin(model)
             model.train()
             history.append(
                 dict(step=step, minutes=elapsed / 60, accuracy=acc, log10_rho=rho.tolist())
