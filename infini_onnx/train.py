@@ -118,10 +118,15 @@ def make_batch(
     return ids[:, :-1], ids[:, 1:], write_weights
 
 
-def _answer_weights(targets: int, n_answer: int, weight: float = 1.0) -> torch.Tensor:
-    w = torch.ones(targets)
-    w[-n_answer:] = weight
-    return w
+def answer_weighted_loss(
+    logits: torch.Tensor, targets: torch.Tensor, n_answer: int, answer_weight: float
+) -> torch.Tensor:
+    """Cross-entropy averaged over the batch, each sample's last n_answer targets (the answer)
+    counting answer_weight times. logits [B, T, V], targets [B, T]."""
+    weights = torch.ones(targets.shape[1], device=logits.device)
+    weights[-n_answer:] = answer_weight
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    return (loss.view(targets.shape) * weights).sum() / (weights.sum() * targets.shape[0])
 
 
 @torch.no_grad()
@@ -239,13 +244,11 @@ def train_passkey(
         ids, targets = ids.to(cfg.device), targets.to(cfg.device)
         if write_weights is not None:
             write_weights = write_weights.to(cfg.device)
-        weights = _answer_weights(targets.shape[1], n_answer, cfg.answer_weight).to(cfg.device)
         scale = min(step / cfg.warmup, 1.0) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for group, lr in zip(optimizer.param_groups, base_lrs):
             group["lr"] = lr * scale
         logits, _ = model(ids, write_weights=write_weights)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-        loss = (loss.view(targets.shape) * weights).sum() / (weights.sum() * targets.shape[0])
+        loss = answer_weighted_loss(logits, targets, n_answer, cfg.answer_weight)
         answer_acc = (logits[:, -n_answer:].argmax(-1) == targets[:, -n_answer:]).float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

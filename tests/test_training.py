@@ -10,7 +10,13 @@ import torch
 from infini_onnx import passkey
 from infini_onnx.model import from_pretrained
 from infini_onnx.model.modeling import sigma
-from infini_onnx.train import TrainConfig, make_batch, make_sample, retrieval_margin
+from infini_onnx.train import (
+    TrainConfig,
+    answer_weighted_loss,
+    make_batch,
+    make_sample,
+    retrieval_margin,
+)
 
 
 @pytest.mark.parametrize("memory_update", ["linear", "delta"])
@@ -94,3 +100,14 @@ def test_rho_matches_a_direct_computation_in_layer0(model_dir_factory):
     needle = sk[start:stop].sum(0)
     expected = ((sq[-5:] * needle).sum(-1) / (sq[-5:] * filler).sum(-1)).log10().mean(0)
     torch.testing.assert_close(rho[0], expected.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_answer_weighs_answer_weight_times_a_filler_byte():
+    logits = torch.randn(3, 10, 7, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 7, (3, 10), generator=torch.Generator().manual_seed(1))
+    nll = -logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0]  # [3, 10]
+    filler, answer = nll[:, :-4].sum(1), nll[:, -4:].sum(1)  # per sample
+    expected = ((filler + 20 * answer) / (6 + 20 * 4)).mean()
+    got = answer_weighted_loss(logits, targets, n_answer=4, answer_weight=20.0)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(answer_weighted_loss(logits, targets, 4, 1.0), nll.mean())
