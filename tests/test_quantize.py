@@ -23,6 +23,7 @@ from infini_onnx.quantize.graph import (
     plan_graph,
 )
 from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
+from infini_onnx.quantize.report import compare
 from infini_onnx.quantize.stream import open_model, segments, stream
 from infini_onnx.quantize.targets import resolve
 from infini_onnx.quantize.text import token_stream
@@ -129,7 +130,8 @@ def test_variant_follows_float_model(mode, tiny_onnx, variants):
 
 
 def test_fp16_state_past_half_range_stays_finite(tiny_onnx, variants):
-    """z and sigma(q) z beyond 65504 (a long stream) must not overflow in the fp16 variant."""
+    """z and sigma(q) z beyond 65504 (a long stream) must not overflow in the fp16 variant, and
+    the segment's write must still land: its increments match fp32's."""
     _, fp32 = tiny_onnx
     meta = load_step_graph(fp32)[1]
     config = config_of(meta)
@@ -138,21 +140,90 @@ def test_fp16_state_past_half_range_stays_finite(tiny_onnx, variants):
     rng = np.random.default_rng(0)
     memory = (rng.random((1, L, G, d, d)) * 1e5).astype(np.float32)
     norm = (1e6 + rng.random((1, L, G, d)) * 1e5).astype(np.float32)
-    outs = []
+    increments = []
     for path in (fp32, variants["fp16"]):
         model = open_model(path)
         host = model.to_host(model.new_state())
         host.update(memory=memory, norm=norm, memory_acc=memory, norm_acc=norm)
         _, state = model.step(model.from_host(host), ids)  # NonFiniteError on NaN or inf
-        outs.append((state.memory, state.norm))
-    for ref, half in zip(*outs):
-        np.testing.assert_allclose(half, ref, rtol=1e-2)
+        increments.append(
+            (state.memory.astype(np.float64) - memory, state.norm.astype(np.float64) - norm)
+        )
+    for ref, half in zip(*increments):
+        assert np.abs(ref).max() > 1.0  # the segment wrote something
+        assert _relative(half, ref) < 0.02, _relative(half, ref)
+
+
+def _relative(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(a - ref) / np.linalg.norm(ref))
+
+
+def _final_memory(model, tokens: np.ndarray) -> np.ndarray:
+    """The committed memory after streaming `tokens` through the runtime's Stream API."""
+    stream = model.stream()
+    stream.feed(tokens)
+    return model.to_host(stream.state)["memory"]
+
+
+MAX_MEMORY_ERROR = {"int8": 0.12, "int8-static": 0.08, "int4": 0.15, "fp16": 2e-3}  # 60 segments
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_variant_memory_error_stays_bounded_over_a_long_stream(mode, tiny_onnx, variants):
+    """The memory path is float32, so the memory's error comes from the weights alone and does
+    not grow with the stream (measured on this random model: int8 8.2%, int8-static 4.6%, int4
+    9.1%, fp16 0.03%; an int8-static that quantises the memory path: 19% at 8 segments, 58% at
+    60)."""
+    _, fp32 = tiny_onnx
+    meta = load_step_graph(fp32)[1]
+    config = config_of(meta)
+    tokens = token_stream(meta, config, 60, seed=5)[: 60 * config["segment_len"]]
+    reference, variant = open_model(fp32, threads=1), open_model(variants[mode], threads=1)
+    errors = [
+        _relative(_final_memory(variant, tokens[:n]), _final_memory(reference, tokens[:n]))
+        for n in (8 * config["segment_len"], tokens.size)
+    ]
+    assert max(errors) < MAX_MEMORY_ERROR[mode], errors
+    assert errors[1] < 1.5 * errors[0] + 1e-4, errors  # no drift with length
+
+
+def test_report_memory_error_matches_the_runtime(tiny_onnx, variants):
+    """The report's final memory error against one computed through the Stream API."""
+    _, fp32 = tiny_onnx
+    meta = load_step_graph(fp32)[1]
+    config = config_of(meta)
+    tokens = token_stream(meta, config, 8, seed=3)[: 8 * config["segment_len"]]
+    reference, variant = open_model(fp32, threads=1), open_model(variants["int8"], threads=1)
+    accuracy = compare(reference, variant, tokens)
+    expected = _relative(_final_memory(variant, tokens), _final_memory(reference, tokens))
+    assert expected > 1e-3
+    assert accuracy.segments == 8
+    assert accuracy.final_memory_rel_error == pytest.approx(expected, rel=1e-5)
+
+
+def test_fp32_state_resumes_in_the_fp16_variant(tiny_onnx, variants, tmp_path):
+    """A state saved by the fp32 model loads into the fp16 variant (same model id; the cache is
+    cast to half) and the stream goes on as if the fp16 model had read everything."""
+    _, fp32 = tiny_onnx
+    ids = np.random.default_rng(4).integers(0, 256, 150)
+    full, half = open_model(fp32, threads=1), open_model(variants["fp16"], threads=1)
+    stream = full.stream()
+    stream.feed(ids[:100])  # mid-segment: a cache to cast
+    stream.save(tmp_path / "s.state")
+    resumed = half.load_stream(tmp_path / "s.state")
+    assert resumed.state.past_key.dtype == np.float16
+    got = resumed.feed(ids[100:])
+    alone = half.stream()
+    np.testing.assert_allclose(got, alone.feed(ids), atol=2e-2)
+    np.testing.assert_allclose(got, stream.feed(ids[100:]), atol=2e-2)
 
 
 def test_int8_linear_rule_mha(onnx_factory, tmp_path):
     _, fp32 = onnx_factory("linear", gqa=False)
     out = quantize_model(fp32, tmp_path / "int8.onnx", resolve("int8"))
-    assert accuracy_report(fp32, out, segments=4).accuracy.top1_agreement >= 0.9
+    accuracy = accuracy_report(fp32, out, segments=4).accuracy
+    assert accuracy.mean_kl < MAX_KL["int8"], accuracy  # top-1 flips on a random model's ties
+    assert accuracy.final_memory_rel_error < MAX_MEMORY_ERROR["int8"], accuracy
 
 
 def test_report_stops_at_a_non_finite_variant(tiny_onnx, tmp_path):
