@@ -231,9 +231,19 @@ def test_memory_path_names(tiny_onnx):
     producers = {o: n for n in nodes for o in n.output}
     assert all(producers[o].name in names for o in ("memory_acc_out", "norm_acc_out"))
     assert producers["logits"].name not in names
-    # A graph whose names were rewritten gets the same nodes from the rule.
+    # A graph whose names were rewritten gets the same nodes from the rule ...
     for n in nodes:
         n.name = n.name.removeprefix(MEMORY_PREFIX)
+    assert memory_node_names(proto) == [n.removeprefix(MEMORY_PREFIX) for n in names]
+    # ... also when its weights are Constant nodes instead of initializers (as some tools
+    # write them): a projection by a Constant weight is still not on the memory path.
+    constants = [
+        onnx.helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
+        for t in proto.graph.initializer
+    ]
+    rest = list(proto.graph.node)
+    del proto.graph.initializer[:], proto.graph.node[:]
+    proto.graph.node.extend(constants + rest)
     assert memory_node_names(proto) == [n.removeprefix(MEMORY_PREFIX) for n in names]
 
 
@@ -342,3 +352,33 @@ def test_progress_heartbeat():
         s.detail = "ok"
     assert any(line.startswith("  ... still trace") for line in lines)
     assert lines[-1].startswith("trace: ") and lines[-1].endswith("s (ok)")
+
+
+def test_validation_catches_a_graph_a_thousandth_off(tiny_onnx):
+    """The exported graph against a reference whose logits are 0.1% larger (final norm x 1.001):
+    an export that far off must fail, while the true reference passes."""
+    model_dir, path = tiny_onnx
+    model = from_pretrained(model_dir).eval()
+    diffs = validate.validate_export(path, model)
+    assert diffs["logits"] < 1e-5
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.001)
+    with pytest.raises(validate.ValidationError, match="logits differs by"):
+        validate.validate_export(path, model)
+
+
+def test_model_id_covers_config_and_every_weight_file(model_dir_factory, tmp_path):
+    """Same config, other weights: another model, so its state files must not load here."""
+    source = model_dir_factory()
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(source, a)
+    shutil.copytree(source, b)
+    assert contract.model_id(a) == contract.model_id(b) == contract.model_id(source)
+    weights = next(b.glob("*.safetensors"))
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0x01  # one bit of the last weight
+    weights.write_bytes(bytes(raw))
+    assert contract.model_id(a) != contract.model_id(b)
+    (b / "config.json").write_text((a / "config.json").read_text() + " ")
+    weights.write_bytes((a / weights.name).read_bytes())
+    assert contract.model_id(a) != contract.model_id(b)  # the config counts too

@@ -62,15 +62,24 @@ def test_training_is_deterministic_and_writes_a_loadable_model(tmp_path):
     assert (tmp_path / "a" / "tokenizer.json").is_file()
 
 
-def test_demo_trial_streams_the_whole_haystack(tiny_onnx):
+@pytest.fixture(scope="module")
+def shipped_int8(tmp_path_factory):
+    """The shipped pass-key model, exported and int8-quantised as the demo does (in a cache of
+    its own)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        return demo.resolve_model(None, log=lambda _: None)
+
+
+def test_demo_trial_reads_the_key_back(shipped_int8, tiny_onnx):
+    """The shipped model answers right 16K tokens back; a random model's answer is judged wrong."""
     from infini_onnx.runtime import InfiniModel
 
-    _, onnx_path = tiny_onnx
-    model = InfiniModel(onnx_path, threads=1)
-    trial = demo.run_trial(model, 3000, 0.5, "54321")
-    answer_tokens = len(passkey.answer("54321"))
-    assert trial.tokens == 3000 + answer_tokens
-    assert trial.correct == (trial.answer.strip().rstrip(".") == "54321")
+    trial = demo.run_trial(InfiniModel(shipped_int8, threads=2), 16_377, 0.5, "54321")
+    assert trial.answer == passkey.answer("54321") and trial.correct
+    assert trial.tokens == 16_377 + len(passkey.answer("54321"))
+    guess = demo.run_trial(InfiniModel(tiny_onnx[1], threads=1), 500, 0.5, "54321")
+    assert guess.answer != passkey.answer("54321") and not guess.correct
 
 
 def test_demo_cli_single_run_and_sweep(tiny_onnx):
@@ -141,10 +150,8 @@ def test_demo_cli_grid_sweep_writes_rows_summary_and_json(tiny_onnx, tmp_path):
     assert result.exit_code == 1 and "needs at least 96 tokens, got 50" in result.output
 
 
-def test_shipped_model_retrieves_at_16k_through_onnx_runtime_int8(tmp_path, monkeypatch):
+def test_shipped_model_retrieves_at_16k_through_onnx_runtime_int8(shipped_int8):
     """Regression: the shipped model, exported and int8-quantised as the demo does, finds the key
     16K tokens back at every depth (a length whose question sits inside one segment)."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    path = demo.resolve_model(None, log=lambda _: None)
-    table = demo.sweep(path, [16_377], demo.DEPTHS, 1, seed=0, log=lambda _: None)
+    table = demo.sweep(shipped_int8, [16_377], demo.DEPTHS, 1, seed=0, log=lambda _: None)
     assert table == {16_377: {"start": 1.0, "middle": 1.0, "end": 1.0}}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +76,63 @@ def test_chunks_of_any_size_give_the_same_result(tiny_model):
         np.testing.assert_allclose(stream.logits, whole.logits, atol=1e-5)
         assert stream.tokens_seen == 200
         assert stream.state.cached == 200 % 32
+
+
+def test_a_new_stream_generates_from_bos(tiny_onnx, tiny_model):
+    bos = tiny_model.config.bos_token_id
+    _, expected, _ = reference_run(tiny_onnx[0], [bos], new_tokens=12)
+    assert list(tiny_model.stream().generate(max_new_tokens=12, temperature=0, stop=())) == expected
+
+
+def test_feed_reads_a_lazy_iterable_as_it_goes(tiny_model, monkeypatch):
+    """Each chunk is run before the next is read: a stream's memory never holds the input."""
+    calls = []
+    step = tiny_model.step
+    monkeypatch.setattr(
+        tiny_model, "step", lambda s, ids, n=1: calls.append(ids.shape[1]) or step(s, ids, n)
+    )
+    calls_when_read = []
+
+    def chunks():
+        for _ in range(5):
+            calls_when_read.append(len(calls))
+            yield random_ids(32)
+
+    tiny_model.stream().feed(chunks())
+    assert calls_when_read == [0, 1, 2, 3, 4] and len(calls) == 5
+
+
+LAZY_FEED_RSS = textwrap.dedent(
+    """
+    import resource, sys
+    import numpy as np
+    from infini_onnx.runtime import InfiniModel
+
+    def chunks(n):  # each chunk of 64 ids pins a fresh 4 MB buffer while it is referenced
+        for i in range(n):
+            yield np.full(1 << 19, i % 250, np.int64)[::8192]
+
+    stream = InfiniModel(sys.argv[1], threads=1).stream()
+    stream.feed(chunks(20))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    stream.feed(chunks(200))  # 800 MB of buffers in all
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert stream.tokens_seen == 220 * 64
+    print((after - before) // 1024)
+    """
+)
+
+
+def test_resident_memory_stays_flat_while_feeding_a_long_iterator(tiny_onnx):
+    """Peak RSS in a fresh process: feeding 200 more chunks adds (almost) nothing."""
+    result = subprocess.run(
+        [sys.executable, "-c", LAZY_FEED_RSS, str(tiny_onnx[1])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) < 40, f"peak RSS grew by {result.stdout.strip()} MiB"
 
 
 def test_whole_segments_take_one_call_each(tiny_model, monkeypatch):
@@ -174,3 +234,65 @@ def test_batch_refuses_streams_at_different_positions(tiny_model):
     other = InfiniModel(tiny_model.path, threads=1)
     with pytest.raises(InputError, match="another model"):
         tiny_model.batch([b, other.stream()])
+
+
+def test_token_ids_in_every_accepted_form(tiny_model):
+    ids = [0, *random_ids(40, seed=3), 257]  # the ends of the vocabulary are valid
+    expected = tiny_model.stream().feed(ids)
+    for form in (np.array(ids), np.array([ids]), [ids[:10], np.array(ids[10:])], iter(ids)):
+        np.testing.assert_allclose(tiny_model.stream().feed(form), expected, atol=1e-6)
+    with pytest.raises(InputError, match="token id 258 outside"):  # the first bad id is named
+        tiny_model.stream().feed([0, 258, -1])
+    with pytest.raises(InputError, match="must have shape"):
+        tiny_model.stream().feed(np.array([[ids[:4]]]))  # [1, 1, 4]
+    stream = tiny_model.stream()
+    logits = stream.feed_text("some text")
+    assert logits.shape == (tiny_model.config.vocab_size,)
+
+
+def test_generate_defaults_and_zero_new_tokens(tiny_model):
+    stream = tiny_model.stream()
+    assert list(stream.generate("abc", max_new_tokens=0)) == [] and stream.tokens_seen == 3
+    default = list(stream.fork().generate(seed=2, stop=()))
+    assert len(default) == 64
+    assert default == list(
+        stream.fork().generate(max_new_tokens=64, temperature=1.0, seed=2, stop=())
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(temperature=2.0, top_k=3, seed=1),
+        dict(temperature=2.0, top_p=0.3, seed=1),
+        dict(seed=9),
+    ],
+)
+def test_a_batch_of_one_samples_as_the_stream_does(tiny_model, options):
+    stream = tiny_model.stream()
+    stream.feed(random_ids(20, seed=4))
+    expected = list(stream.fork().generate(max_new_tokens=30, stop=(), **options))
+    assert len(set(expected)) > 1
+    batch = tiny_model.batch([stream])
+    got = [int(t[0]) for t in batch.generate(max_new_tokens=30, **options)]
+    assert got == expected
+    assert len(list(tiny_model.batch([stream]).generate(seed=0))) == 64  # the default length
+
+
+def test_batch_feeds_chunks_and_split_streams_go_on(tiny_model):
+    streams = [tiny_model.stream() for _ in range(2)]
+    batch = tiny_model.batch(streams)
+    ids = np.array([random_ids(40, seed=i) for i in range(2)])
+    logits = batch.feed(iter([ids[:, :15], ids[:, 15:]]))
+    assert logits.shape == (2, tiny_model.config.vocab_size)
+    back = batch.split()
+    for i, stream in enumerate(back):
+        single = tiny_model.stream()
+        single.feed(ids[i])
+        np.testing.assert_allclose(stream.feed([5, 6]), single.feed([5, 6]), atol=1e-5)
+
+
+def test_repr_names_the_file_and_the_variant(tiny_model):
+    text = repr(tiny_model)
+    assert str(tiny_model.path) in text and "variant='fp32'" in text
+    assert f"segment_len={tiny_model.config.segment_len}" in text

@@ -45,6 +45,7 @@ def test_stream_a_file_generate_save_and_resume(tiny_onnx, tmp_path):
     expected = model.stream()
     expected.feed_text(TEXT)
     tokens = list(expected.generate("Q:", max_new_tokens=12, temperature=0))
+    assert result.stdout == model.tokenizer.decode(tokens, skip_special_tokens=True) + "\n"
     resumed = model.load_stream(state)
     assert resumed.tokens_seen == len(TEXT) + 2 + len(tokens)
     np.testing.assert_allclose(resumed.logits, expected.logits, atol=1e-6)
@@ -67,10 +68,14 @@ def test_stream_stdin_and_generate_command(tiny_onnx, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert InfiniModel(onnx_path).load_stream(tmp_path / "s.state").tokens_seen == len(TEXT)
-    result = runner.invoke(
-        generate_command, [onnx_path, "--prompt", "Hello", "-n", "8", "--seed", "1"]
-    )
+    args = [onnx_path, "--prompt", "Hello", "-n", "8", "--seed", "1", "--top-k", "20"]
+    result = runner.invoke(generate_command, args)
     assert result.exit_code == 0, result.output
+    model = InfiniModel(onnx_path, threads=1)
+    options = dict(max_new_tokens=8, temperature=0.8, top_k=20, seed=1)  # 0.8: the default
+    text = "".join(model.stream().generate_text("Hello", **options))
+    assert result.stdout == text + "\n"
+    assert runner.invoke(generate_command, args).stdout == result.stdout  # seeded
 
 
 def test_commands_report_bad_input_as_one_line(tiny_onnx, tmp_path):
@@ -88,11 +93,9 @@ def test_commands_report_bad_input_as_one_line(tiny_onnx, tmp_path):
         assert (
             result.exit_code == 1
             and result.stderr.startswith("error: ")
+            and result.stderr.count("\n") == 1
             and message in result.stderr
-        ), (
-            args,
-            result.output,
-        )
+        ), (args, result.output)
 
 
 BLOCKED_IMPORTS = textwrap.dedent(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,25 @@ def test_unavailable_device(tiny_onnx):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(DeviceError, match="onnxruntime-gpu"):
             InfiniModel(tiny_onnx[1], device="cuda")
+
+
+@pytest.mark.parametrize("field", ["present_key", "present_value", "memory_acc", "norm_acc"])
+def test_non_finite_write_to_the_state_is_refused_though_logits_are_finite(tiny_onnx, field):
+    """A NaN that reaches only the cache or the accumulators (not the logits) must not be
+    committed: the next segment would read it, and the last good state would be gone."""
+    model = InfiniModel(tiny_onnx[1], threads=1)
+    run = model._graph.run
+
+    def poisoned_run(input_ids, num_logits, state):
+        out = run(input_ids, num_logits, state)
+        value = getattr(out, field).copy()
+        value[0, 0, 0, -1] = np.nan  # the newest cache position; an accumulator's last row
+        return dataclasses.replace(out, **{field: value})
+
+    stream = model.stream()
+    stream.feed([1, 2, 3])
+    before = stream.state
+    model._graph.run = poisoned_run
+    with pytest.raises(NonFiniteError, match="keeps its last good state"):
+        stream.feed([4, 5])
+    assert stream.state is before

@@ -114,3 +114,140 @@ def test_saved_state_with_nan_is_refused(tiny_model, tmp_path):
     statefile.save_state(tmp_path / "nan.state", host, tiny_model.model_id, "fp32")
     with pytest.raises(StateFileError, match="NaN or inf"):
         tiny_model.load_stream(tmp_path / "nan.state")
+
+
+def rewrite_header(path, edit) -> None:
+    """Apply edit(header) to a state file's JSON header, keeping its data and checksum."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda h: h["__metadata__"].update(variant="int8"),
+        lambda h: h["__metadata__"].update(note="added"),
+        lambda h: h["memory"].update(shape=h["memory"]["shape"][::-1]),
+        lambda h: h["tokens_seen"].update(dtype="F64"),
+        lambda h: h.update(norm=h["norm_acc"], norm_acc=h["norm"]),  # swapped names
+    ],
+    ids=["variant", "extra-metadata", "shape", "dtype", "swapped-tensors"],
+)
+def test_any_header_edit_is_detected(tiny_model, tmp_path, edit):
+    path = tmp_path / "s.state"
+    fed_stream(tiny_model).save(path)
+    rewrite_header(path, edit)
+    with pytest.raises(StateFileError, match="checksum mismatch"):
+        tiny_model.load_stream(path)
+
+
+def test_a_write_cut_short_keeps_the_previous_file(tiny_model, tmp_path):
+    """A disk that fills up mid-write (here: a file-size limit) must leave the last saved state
+    whole and loadable, and no temporary file behind."""
+    import resource
+    import signal
+
+    path = tmp_path / "s.state"
+    first = fed_stream(tiny_model, 40)
+    first.save(path)
+    saved = path.read_bytes()
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(saved) // 2, limits[1]))
+    try:
+        with pytest.raises(StateFileError, match="cannot write"):
+            fed_stream(tiny_model, 70).save(path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert path.read_bytes() == saved
+    assert tiny_model.load_stream(path).tokens_seen == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.state"]
+
+
+@pytest.mark.parametrize(
+    "name,shape",
+    [("memory", lambda s: s[:-1] + (s[-1] - 1,)), ("past_key", lambda s: s[:3] + (40,) + s[4:])],
+    ids=["memory-dim", "cache-past-segment"],
+)
+def test_state_of_the_wrong_shape_is_refused(tiny_model, tmp_path, name, shape):
+    from infini_onnx.runtime import statefile
+
+    host = tiny_model.to_host(fed_stream(tiny_model).state)
+    host[name] = np.zeros(shape(host[name].shape), host[name].dtype)
+    statefile.save_state(tmp_path / "bad.state", host, tiny_model.model_id, "fp32")
+    with pytest.raises(StateFileError, match="not a state of this model"):
+        tiny_model.load_stream(tmp_path / "bad.state")
+
+
+def read_header(path) -> dict:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert (8 + n) % 8 == 0, "data must start 8-byte aligned"
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+@pytest.mark.parametrize("fed", [0, 1, 5, 31, 32, 50, 77])
+def test_checksum_and_layout_as_documented(tiny_model, tmp_path, fed):
+    """docs/runtime.md: sha256 of the header without the checksum (sorted keys, no spaces),
+    then the data; the header padded so that the data starts 8-byte aligned."""
+    import hashlib
+
+    path = tmp_path / "s.state"
+    stream = fed_stream(tiny_model, fed) if fed else tiny_model.stream()
+    stream.save(path)
+    header, data = read_header(path)
+    meta = header["__metadata__"]
+    assert meta["variant"] == "fp32"
+    checksum = meta.pop("checksum")
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    assert checksum == "sha256:" + hashlib.sha256(canonical + data).hexdigest()
+
+
+def test_save_into_new_directories_through_a_temporary_file_beside_the_target(
+    tiny_model, tmp_path, monkeypatch
+):
+    import os
+
+    path = tmp_path / "a" / "b" / "s.state"
+    renames = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: renames.append(src) or replace(src, dst))
+    fed_stream(tiny_model).save(path)
+    assert tiny_model.load_stream(path).tokens_seen == 50
+    (tmp,) = renames
+    tmp = type(path)(tmp)
+    assert tmp.parent == path.parent  # the same file system: the rename is atomic
+    assert tmp.name.startswith("s.state.") and tmp.name.endswith(".tmp")
+
+
+def test_safetensors_round_trip_keeps_dtypes_and_allows_no_tensors(tmp_path):
+    from infini_onnx.runtime import statefile
+
+    tensors = {
+        "half": np.arange(6, dtype=np.float16).reshape(2, 3),
+        "single": np.linspace(0, 1, 4, dtype=np.float32),
+        "ids": np.array([2**40, -1], np.int64),
+    }
+    statefile.write_safetensors(tmp_path / "t", tensors, {"k": "v"})
+    got, meta = statefile.read_safetensors(tmp_path / "t")
+    assert meta["k"] == "v"
+    for name, array in tensors.items():
+        assert got[name].dtype == array.dtype and np.array_equal(got[name], array), name
+    statefile.write_safetensors(tmp_path / "empty", {}, {})
+    assert statefile.read_safetensors(tmp_path / "empty")[0] == {}
+
+
+def test_a_header_cut_short_is_reported_as_truncated(tiny_model, tmp_path):
+    path = tmp_path / "s.state"
+    fed_stream(tiny_model).save(path)
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    path.write_bytes(raw[: 8 + n - 1])
+    with pytest.raises(StateFileError, match="truncated header"):
+        tiny_model.load_stream(path)
