@@ -80,7 +80,7 @@ def make_sample(
     the answer has to come through the memory."""
     key = passkey.random_key(rng)
     prompt_len = length - len(passkey.answer(key))
-    repeats = (prompt_len - len(passkey.needle(key)) - len(passkey.QUESTION)) // len(passkey.FILLER)
+    repeats = passkey.haystack_room(prompt_len) // len(passkey.FILLER)
     fewest = -(-segment_len // len(passkey.FILLER))  # whole repeats after the needle
     if repeats < fewest:
         raise ValueError(f"a {length}-byte sample has no room for a segment of filler")

@@ -116,15 +116,21 @@ def test_saved_state_with_nan_is_refused(tiny_model, tmp_path):
         tiny_model.load_stream(tmp_path / "nan.state")
 
 
-def rewrite_header(path, edit) -> None:
-    """Apply edit(header) to a state file's JSON header, keeping its data and checksum."""
+def read_header(path) -> tuple[dict, bytes]:
+    """A state file's JSON header and the data after it."""
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + n])
+    assert (8 + n) % 8 == 0, "data must start 8-byte aligned"
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def rewrite_header(path, edit) -> None:
+    """Apply edit(header) to a state file's JSON header, keeping its data and checksum."""
+    header, data = read_header(path)
     edit(header)
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
 
 
 @pytest.mark.parametrize(
@@ -183,13 +189,6 @@ def test_state_of_the_wrong_shape_is_refused(tiny_model, tmp_path, name, shape):
     statefile.save_state(tmp_path / "bad.state", host, tiny_model.model_id, "fp32")
     with pytest.raises(StateFileError, match="not a state of this model"):
         tiny_model.load_stream(tmp_path / "bad.state")
-
-
-def read_header(path) -> dict:
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    assert (8 + n) % 8 == 0, "data must start 8-byte aligned"
-    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 @pytest.mark.parametrize("fed", [0, 1, 5, 31, 32, 50, 77])
