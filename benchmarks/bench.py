@@ -5,7 +5,7 @@ python benchmarks/bench.py [--quick] [--out DIR] [--threads N] [--workdir DIR] [
 
 from pathlib import Path
 
-from infini_onnx.bench.cli import bench_command
+from infini_onnx.cli.bench_cmd import bench_command
 
 if __name__ == "__main__":
     bench_command(default_map={"out": str(Path(__file__).parent / "results")})

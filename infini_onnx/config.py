@@ -1,4 +1,4 @@
-"""The model configuration (config.json of a model directory, SPEC section 2).
+"""The model configuration (config.json of a model directory, docs/design.md).
 
 Loaded and validated without torch so that the runtime and the CLI can read it anywhere.
 """

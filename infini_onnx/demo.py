@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from infini_onnx import contract, passkey
+from infini_onnx import modeldir, passkey
 from infini_onnx.errors import InfiniError
-from infini_onnx.runtime import InfiniModel
+from infini_onnx.runtime import InfiniModel, Stream
 from infini_onnx.runtime.progress import Progress, rss_bytes
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "passkey-tiny"
@@ -39,7 +39,7 @@ def resolve_model(model: str | Path | None, log=print) -> Path:
         return path
     if not path.is_dir():
         raise InfiniError(f"{path}: no such model file or directory")
-    target = cache_dir() / contract.model_id(path)[:16] / "model-int8.onnx"
+    target = cache_dir() / modeldir.model_id(path)[:16] / "model-int8.onnx"
     if target.is_file():
         return target
     from infini_onnx.export.exporter import export_model  # needs the [export] extra
@@ -73,7 +73,7 @@ def run_trial(
     model: InfiniModel, length: int, depth: float, key: str, out: TextIO | None = None
 ) -> Trial:
     """Stream one haystack and read back the model's greedy answer."""
-    stream = model.stream()
+    stream = Stream(model)
     tokenizer = model.tokenizer
     progress = Progress(out) if out is not None else None
     rss_warm: int | None = None

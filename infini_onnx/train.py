@@ -22,11 +22,11 @@ import torch.nn.functional as F
 
 from infini_onnx import passkey
 from infini_onnx.config import preset_config
-from infini_onnx.model import InfiniLlamaForCausalLM, from_pretrained, save_pretrained
+from infini_onnx.model import InfiniLlamaForCausalLM
 from infini_onnx.model.modeling import sigma
 from infini_onnx.tokenizer import byte_level_tokenizer
 
-# The model: head_dim 128 and the delta rule (NOTES), 64-byte segments.
+# The model: head_dim 128 and the delta rule (docs/training.md), 64-byte segments.
 PASSKEY_MODEL = dict(
     hidden_size=128,
     intermediate_size=384,
@@ -133,16 +133,12 @@ def answer_weighted_loss(
 def retrieve(model: InfiniLlamaForCausalLM, length: int, depth: float, key: str) -> str:
     """Stream a haystack through the model and greedily generate the answer's bytes."""
     device = model.lm_head.weight.device
+    *chunks, question = passkey.haystack(length, depth, key)
     state = model.new_state(1, device)
-    logits = None
-    for chunk in passkey.haystack(length, depth, key):
-        ids = torch.tensor([encode(chunk)], device=device)
-        logits, state = model(ids, state, last_logits_only=True)
-    out = []
-    for _ in range(len(passkey.answer(key))):
-        token = int(logits[0, -1].argmax())
-        out.append(token)
-        logits, state = model(torch.tensor([[token]], device=device), state)
+    for chunk in chunks:
+        _, state = model(torch.tensor([encode(chunk)], device=device), state, last_logits_only=True)
+    ids = torch.tensor([encode(question)], device=device)
+    out = [int(t) for t in model.generate(ids, len(passkey.answer(key)), state)]
     return bytes(t for t in out if t < 256).decode(errors="replace")
 
 
@@ -215,7 +211,7 @@ def train_passkey(
     torch.set_flush_denormal(True)  # sigma = elu + 1 makes tiny values; denormals are slow
     rng = random.Random(cfg.seed)
     if cfg.init_from:
-        model = from_pretrained(cfg.init_from)
+        model = InfiniLlamaForCausalLM.from_pretrained(cfg.init_from)
     else:
         model = InfiniLlamaForCausalLM(preset_config("tiny", **PASSKEY_MODEL))
         model.init_weights(cfg.seed)
@@ -276,7 +272,7 @@ def train_passkey(
             )
             log("eval " + "  ".join(f"{n}: {a:.0%}" for n, a in acc.items()))
     model.cpu().eval()
-    save_pretrained(model, out_dir, tokenizer_json=byte_level_tokenizer().to_str(pretty=True))
+    model.save_pretrained(out_dir, tokenizer_json=byte_level_tokenizer().to_str(pretty=True))
     (Path(out_dir) / "training.json").write_text(
         json.dumps(dict(config=asdict(cfg), history=history), indent=2) + "\n"
     )

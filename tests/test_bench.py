@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -187,14 +186,3 @@ def test_itp_matched_parameters():
     target = 12_787_632  # the small preset
     model = InfiniTransformer(**itp_kwargs(preset_config("small"), target))
     assert abs(sum(p.numel() for p in model.parameters()) - target) / target < 1e-3
-
-
-def test_bench_command_is_registered_without_heavy_imports():
-    import subprocess
-
-    code = "import sys, infini_onnx.cli; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
-    from infini_onnx.cli import main
-
-    assert "bench" in main.commands

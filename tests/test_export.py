@@ -1,4 +1,4 @@
-"""The ONNX step graph (SPEC section 3): numerics against PyTorch, contract, files, CLI.
+"""The ONNX step graph (docs/design.md): numerics against PyTorch, contract, files, CLI.
 
 The stream loop here drives ONNX Runtime directly (independent of infini_onnx.runtime and of
 the exporter's own validation loop).
@@ -18,11 +18,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from infini_onnx import contract
+from infini_onnx import modeldir
+from infini_onnx.cli.export_cmd import export_command
+from infini_onnx.errors import ValidationError
 from infini_onnx.export import exporter, validate
-from infini_onnx.export.cli import export_command
-from infini_onnx.export.memory_path import MEMORY_PREFIX, STATE_INPUTS, memory_node_names
 from infini_onnx.model import from_pretrained
+from infini_onnx.stepgraph import names
+from infini_onnx.stepgraph.memory_path import memory_node_names
+from infini_onnx.stepgraph.names import MEMORY_INPUTS, MEMORY_PREFIX
 
 VARIANTS = [("delta", True), ("linear", False), ("linear", True), ("delta", False)]
 STATE = ("memory", "norm", "memory_acc", "norm_acc", "past_key", "past_value")
@@ -43,7 +46,7 @@ def new_state(config, batch: int, cache_dtype=np.float32) -> dict[str, np.ndarra
 
 
 def ort_stream(sess, config, ids: np.ndarray, chunks: list[int], on_call=None):
-    """The SPEC section 3 loop: returns all logits [B, S, V] and the final state."""
+    """The runtime loop of docs/design.md: returns all logits [B, S, V] and the final state."""
     cache_dtype = np.float16 if sess.get_inputs()[1].type == "tensor(float16)" else np.float32
     state, logits, start = new_state(config, ids.shape[0], cache_dtype), [], 0
     for take in chunks:
@@ -103,12 +106,12 @@ def test_stream_matches_pytorch(onnx_factory, memory_update, gqa):
 
 def step_inputs(model, batch: int, tokens: int, past: int, num_logits: int, seed: int = 1):
     args = exporter.example_inputs(model, batch, tokens, past, num_logits, seed=seed)
-    return {name: t.numpy() for name, t in zip(contract.INPUT_NAMES, args, strict=True)}
+    return {name: t.numpy() for name, t in zip(names.INPUT_NAMES, args, strict=True)}
 
 
 @torch.no_grad()
 def torch_step(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    args = [torch.from_numpy(feeds[name]) for name in contract.INPUT_NAMES[:-1]]
+    args = [torch.from_numpy(feeds[name]) for name in names.INPUT_NAMES[:-1]]
     return [t.numpy() for t in model.step(*args, num_logits=int(feeds["num_logits"][0]))]
 
 
@@ -180,8 +183,8 @@ def io_types(path: Path) -> dict[str, tuple[int, list]]:
 def test_contract_names_shapes_metadata(tiny_onnx):
     model_dir, path = tiny_onnx
     proto = onnx.load(str(path))
-    assert [i.name for i in proto.graph.input] == list(contract.INPUT_NAMES)
-    assert [o.name for o in proto.graph.output] == list(contract.OUTPUT_NAMES)
+    assert [i.name for i in proto.graph.input] == list(names.INPUT_NAMES)
+    assert [o.name for o in proto.graph.output] == list(names.OUTPUT_NAMES)
     F, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     assert io_types(path) == {
         "input_ids": (I64, ["batch", "tokens"]),
@@ -201,13 +204,11 @@ def test_contract_names_shapes_metadata(tiny_onnx):
     assert [(o.domain, o.version) for o in proto.opset_import] == [("", exporter.DEFAULT_OPSET)]
     assert proto.ir_version == 8  # ONNX Runtime 1.15 and 1.16 refuse IR 10
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta[contract.KEY_FORMAT_VERSION] == "1"
-    assert meta[contract.KEY_VARIANT] == "fp32"
-    assert json.loads(meta[contract.KEY_CONFIG]) == json.loads(
-        (model_dir / "config.json").read_text()
-    )
-    assert meta[contract.KEY_TOKENIZER] == (model_dir / "tokenizer.json").read_text()
-    assert len(meta[contract.KEY_MODEL_ID]) == 64
+    assert meta[names.KEY_FORMAT_VERSION] == "1"
+    assert meta[names.KEY_VARIANT] == "fp32"
+    assert json.loads(meta[names.KEY_CONFIG]) == json.loads((model_dir / "config.json").read_text())
+    assert meta[names.KEY_TOKENIZER] == (model_dir / "tokenizer.json").read_text()
+    assert len(meta[names.KEY_MODEL_ID]) == 64
     assert not any(n.metadata_props for n in proto.graph.node)  # no absolute paths
     onnx.checker.check_model(proto, full_check=True)
 
@@ -223,7 +224,7 @@ def test_memory_path_names(tiny_onnx):
     # Every Elu (sigma) and every non-shape use of the memory state is on the path ...
     assert sum(n.op_type == "Elu" for n in memory) == 2 * 2  # q and k, 2 layers
     for n in nodes:
-        if n.op_type != "Shape" and set(n.input) & set(STATE_INPUTS):
+        if n.op_type != "Shape" and set(n.input) & set(MEMORY_INPUTS):
             assert n.name in names, n.name
     # ... the memory MatMuls (activation x activation) are, no projection with a weight is.
     assert sum(n.op_type == "MatMul" for n in memory) >= 2 * 4
@@ -264,7 +265,7 @@ def test_fp16_structure_and_numerics(model_dir_factory, tmp_path):
         memory=F, norm=F, memory_acc=F, norm_acc=F, memory_acc_out=F, norm_acc_out=F,
     )  # fmt: skip
     proto = onnx.load(str(path))
-    assert {p.key: p.value for p in proto.metadata_props}[contract.KEY_VARIANT] == "fp16"
+    assert {p.key: p.value for p in proto.metadata_props}[names.KEY_VARIANT] == "fp16"
     mem = set(memory_node_names(proto))
     assert mem and all(
         t.data_type == F16 for t in proto.graph.initializer if t.name.startswith("model.")
@@ -344,7 +345,7 @@ def test_progress_heartbeat():
     """A long stage is never silent: it reports while running, then its time."""
     import time
 
-    from infini_onnx.export.progress import stage
+    from infini_onnx.export.stages import stage
 
     lines: list[str] = []
     with stage(lines.append, "trace", heartbeat_s=0.01) as s:
@@ -363,7 +364,7 @@ def test_validation_catches_a_graph_a_thousandth_off(tiny_onnx):
     assert diffs["logits"] < 1e-5
     with torch.no_grad():
         model.model.norm.weight.mul_(1.001)
-    with pytest.raises(validate.ValidationError, match="logits differs by"):
+    with pytest.raises(ValidationError, match="logits differs by"):
         validate.validate_export(path, model)
 
 
@@ -373,12 +374,12 @@ def test_model_id_covers_config_and_every_weight_file(model_dir_factory, tmp_pat
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(source, a)
     shutil.copytree(source, b)
-    assert contract.model_id(a) == contract.model_id(b) == contract.model_id(source)
+    assert modeldir.model_id(a) == modeldir.model_id(b) == modeldir.model_id(source)
     weights = next(b.glob("*.safetensors"))
     raw = bytearray(weights.read_bytes())
     raw[-1] ^= 0x01  # one bit of the last weight
     weights.write_bytes(bytes(raw))
-    assert contract.model_id(a) != contract.model_id(b)
+    assert modeldir.model_id(a) != modeldir.model_id(b)
     (b / "config.json").write_text((a / "config.json").read_text() + " ")
     weights.write_bytes((a / weights.name).read_bytes())
-    assert contract.model_id(a) != contract.model_id(b)  # the config counts too
+    assert modeldir.model_id(a) != modeldir.model_id(b)  # the config counts too

@@ -1,5 +1,5 @@
-"""The reference model against an independent float64 numpy implementation of SPEC section 1,
-the step loop of SPEC section 3, gradients through the memory, and model directory handling."""
+"""The reference model against an independent float64 numpy implementation of its math
+(docs/design.md), the runtime loop, gradients through the memory, and model directories."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 
 from infini_onnx.errors import ModelDirError
 from infini_onnx.model import InfiniLlamaForCausalLM, from_pretrained, save_pretrained
-from infini_onnx.model.io import load_config
+from infini_onnx.modeldir import load_config
 
-# --- An independent float64 numpy implementation of SPEC section 1 ------------------------
+# --- An independent float64 numpy implementation of the model (docs/design.md) ------------
 
 
 def np_rmsnorm(x, w, eps):
@@ -114,7 +114,7 @@ def test_matches_numpy_float64_reference(model_dir_factory, memory_update, gqa):
 
 
 def _step_loop(model, ids):
-    """Token by token with the loop of SPEC section 3, calling `step` directly."""
+    """Token by token with the runtime loop of docs/design.md, calling `step` directly."""
     N = model.config.segment_len
     s = model.new_state(ids.shape[0])
     memory, norm, memory_acc, norm_acc, key, value = (

@@ -10,23 +10,17 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from infini_onnx import contract
-from infini_onnx.export.memory_path import STATE_INPUTS
+from infini_onnx.cli.quantize_cmd import quantize_command
+from infini_onnx.errors import QuantizeError
+from infini_onnx.quantize.accuracy import compare
 from infini_onnx.quantize.calibration import CarriedStateReader
-from infini_onnx.quantize.cli import quantize_command
-from infini_onnx.quantize.errors import QuantizeError
-from infini_onnx.quantize.graph import (
-    QUANTIZED_OPS,
-    STATE_OUTPUTS,
-    config_of,
-    load_step_graph,
-    plan_graph,
-)
+from infini_onnx.quantize.corpus import token_stream
+from infini_onnx.quantize.plan import QUANTIZED_OPS, load_step_graph, plan_graph
 from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
-from infini_onnx.quantize.report import compare
-from infini_onnx.quantize.stream import open_model, segments, stream
+from infini_onnx.quantize.segments import open_model, segments, stream_segments
 from infini_onnx.quantize.targets import resolve
-from infini_onnx.quantize.text import token_stream
+from infini_onnx.runtime import State, Stream
+from infini_onnx.stepgraph import names
 
 MODES = ["int8", "int8-static", "int4", "fp16"]
 EXPECTED_OP = {
@@ -58,7 +52,7 @@ def test_plan_separates_weights_from_the_memory_path(onnx_factory):
     for rule, per_layer in (("delta", 5), ("linear", 3)):
         _, path = onnx_factory(rule, gqa=False)
         plan = _plan(path)
-        layers = config_of(load_step_graph(path)[1])["num_hidden_layers"]
+        layers = load_step_graph(path)[1].config.num_hidden_layers
         assert len(plan.memory_matmuls) == per_layer * layers  # reads of M, z (+ delta), write
         assert len(plan.weight_matmuls) == 7 * layers + 1  # q k v o gate up down, LM head
         assert plan.embedding is not None
@@ -73,7 +67,7 @@ def test_variant_keeps_memory_path_float32(mode, tiny_onnx, variants):
     nodes = {n.name: n for n in model.graph.node}
     assert any(n.op_type == EXPECTED_OP[mode] for n in nodes.values())
     quant = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
-    protected = {*STATE_INPUTS, *STATE_OUTPUTS}
+    protected = {*names.MEMORY_INPUTS, *names.MEMORY_OUTPUTS}
     for name in plan.memory_matmuls:
         assert nodes[name].op_type == "MatMul"
         protected |= {*nodes[name].input, *nodes[name].output}
@@ -96,14 +90,14 @@ def test_variant_keeps_contract_and_metadata(mode, tiny_onnx, variants):
     source = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
     session = ort.InferenceSession(variants[mode], providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
-    assert meta[contract.KEY_VARIANT] == mode
-    assert {k: v for k, v in meta.items() if k != contract.KEY_VARIANT} == {
-        k: v for k, v in source.items() if k != contract.KEY_VARIANT
+    assert meta[names.KEY_VARIANT] == mode
+    assert {k: v for k, v in meta.items() if k != names.KEY_VARIANT} == {
+        k: v for k, v in source.items() if k != names.KEY_VARIANT
     }
     types = {v.name: v.type for v in (*session.get_inputs(), *session.get_outputs())}
-    assert [i.name for i in session.get_inputs()] == list(contract.INPUT_NAMES)
-    assert [o.name for o in session.get_outputs()] == list(contract.OUTPUT_NAMES)
-    for name in (*STATE_INPUTS, *STATE_OUTPUTS, "logits"):
+    assert [i.name for i in session.get_inputs()] == list(names.INPUT_NAMES)
+    assert [o.name for o in session.get_outputs()] == list(names.OUTPUT_NAMES)
+    for name in names.FLOAT32_IO:
         assert types[name] == "tensor(float)"
     cache = "tensor(float16)" if mode == "fp16" else "tensor(float)"
     assert types["past_key"] == types["present_value"] == cache
@@ -119,8 +113,8 @@ def test_variant_follows_float_model(mode, tiny_onnx, variants):
     assert a.segments == 8 and a.state_finite
     assert a.mean_kl <= MAX_KL[mode], a
     tokens = np.resize(np.arange(40, 120, dtype=np.int64), 8 * 32)
-    ref = np.concatenate([s.logits for s in stream(open_model(fp32, 1), tokens)])
-    out = np.concatenate([s.logits for s in stream(open_model(variants[mode], 1), tokens)])
+    ref = np.concatenate([s.logits for s in stream_segments(open_model(fp32, 1), tokens)])
+    out = np.concatenate([s.logits for s in stream_segments(open_model(variants[mode], 1), tokens)])
     top2 = np.sort(ref, -1)[:, -2:]
     decisive = top2[:, 1] - top2[:, 0] > 0.1
     agree = ref.argmax(-1) == out.argmax(-1)
@@ -133,19 +127,18 @@ def test_fp16_state_past_half_range_stays_finite(tiny_onnx, variants):
     """z and sigma(q) z beyond 65504 (a long stream) must not overflow in the fp16 variant, and
     the segment's write must still land: its increments match fp32's."""
     _, fp32 = tiny_onnx
-    meta = load_step_graph(fp32)[1]
-    config = config_of(meta)
-    ids = next(segments(token_stream(meta, config, 1, seed=0), config["segment_len"]))
-    L, G, d = config["num_hidden_layers"], config["num_key_value_heads"], config["head_dim"]
+    config = open_model(fp32).config
+    ids = next(segments(token_stream(open_model(fp32), 1, seed=0), config.segment_len))[None]
+    L, G, d = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
     rng = np.random.default_rng(0)
     memory = (rng.random((1, L, G, d, d)) * 1e5).astype(np.float32)
     norm = (1e6 + rng.random((1, L, G, d)) * 1e5).astype(np.float32)
     increments = []
     for path in (fp32, variants["fp16"]):
         model = open_model(path)
-        host = model.to_host(model.new_state())
+        host = State.zeros(model.layout).to_host()
         host.update(memory=memory, norm=norm, memory_acc=memory, norm_acc=norm)
-        _, state = model.step(model.from_host(host), ids)  # NonFiniteError on NaN or inf
+        _, state = model.step(State.from_host(model.layout, host), ids)  # NonFiniteError on NaN/inf
         increments.append(
             (state.memory.astype(np.float64) - memory, state.norm.astype(np.float64) - norm)
         )
@@ -160,9 +153,9 @@ def _relative(a: np.ndarray, ref: np.ndarray) -> float:
 
 def _final_memory(model, tokens: np.ndarray) -> np.ndarray:
     """The committed memory after streaming `tokens` through the runtime's Stream API."""
-    stream = model.stream()
+    stream = Stream(model)
     stream.feed(tokens)
-    return model.to_host(stream.state)["memory"]
+    return stream.state.to_host()["memory"]
 
 
 MAX_MEMORY_ERROR = {"int8": 0.12, "int8-static": 0.08, "int4": 0.15, "fp16": 2e-3}  # 60 segments
@@ -175,13 +168,12 @@ def test_variant_memory_error_stays_bounded_over_a_long_stream(mode, tiny_onnx, 
     9.1%, fp16 0.03%; an int8-static that quantises the memory path: 19% at 8 segments, 58% at
     60)."""
     _, fp32 = tiny_onnx
-    meta = load_step_graph(fp32)[1]
-    config = config_of(meta)
-    tokens = token_stream(meta, config, 60, seed=5)[: 60 * config["segment_len"]]
     reference, variant = open_model(fp32, threads=1), open_model(variants[mode], threads=1)
+    segment_len = reference.config.segment_len
+    tokens = token_stream(reference, 60, seed=5)[: 60 * segment_len]
     errors = [
         _relative(_final_memory(variant, tokens[:n]), _final_memory(reference, tokens[:n]))
-        for n in (8 * config["segment_len"], tokens.size)
+        for n in (8 * segment_len, tokens.size)
     ]
     assert max(errors) < MAX_MEMORY_ERROR[mode], errors
     assert errors[1] < 1.5 * errors[0] + 1e-4, errors  # no drift with length
@@ -190,10 +182,8 @@ def test_variant_memory_error_stays_bounded_over_a_long_stream(mode, tiny_onnx, 
 def test_report_memory_error_matches_the_runtime(tiny_onnx, variants):
     """The report's final memory error against one computed through the Stream API."""
     _, fp32 = tiny_onnx
-    meta = load_step_graph(fp32)[1]
-    config = config_of(meta)
-    tokens = token_stream(meta, config, 8, seed=3)[: 8 * config["segment_len"]]
     reference, variant = open_model(fp32, threads=1), open_model(variants["int8"], threads=1)
+    tokens = token_stream(reference, 8, seed=3)[: 8 * reference.config.segment_len]
     accuracy = compare(reference, variant, tokens)
     expected = _relative(_final_memory(variant, tokens), _final_memory(reference, tokens))
     assert expected > 1e-3
@@ -207,13 +197,13 @@ def test_fp32_state_resumes_in_the_fp16_variant(tiny_onnx, variants, tmp_path):
     _, fp32 = tiny_onnx
     ids = np.random.default_rng(4).integers(0, 256, 150)
     full, half = open_model(fp32, threads=1), open_model(variants["fp16"], threads=1)
-    stream = full.stream()
+    stream = Stream(full)
     stream.feed(ids[:100])  # mid-segment: a cache to cast
     stream.save(tmp_path / "s.state")
-    resumed = half.load_stream(tmp_path / "s.state")
+    resumed = Stream.load(half, tmp_path / "s.state")
     assert resumed.state.past_key.dtype == np.float16
     got = resumed.feed(ids[100:])
-    alone = half.stream()
+    alone = Stream(half)
     np.testing.assert_allclose(got, alone.feed(ids), atol=2e-2)
     np.testing.assert_allclose(got, stream.feed(ids[100:]), atol=2e-2)
 
@@ -243,16 +233,14 @@ def test_report_stops_at_a_non_finite_variant(tiny_onnx, tmp_path):
 
 def test_calibration_carries_the_state(tiny_onnx):
     _, fp32 = tiny_onnx
-    meta = load_step_graph(fp32)[1]
-    config = config_of(meta)
-    tokens = token_stream(meta, config, 3, seed=1)
     model = open_model(fp32)
+    tokens = token_stream(model, 3, seed=1)
     reader = CarriedStateReader(model, tokens)
     feeds = [reader.get_next() for _ in range(4)]
     assert feeds.pop() is None
     assert len(feeds) == 3
     assert not feeds[0]["memory"].any()
-    expected = list(stream(model, tokens))
+    expected = list(stream_segments(model, tokens))
     np.testing.assert_array_equal(feeds[2]["memory"], expected[1].memory)
     np.testing.assert_array_equal(feeds[2]["norm_acc"], expected[1].norm)
 
@@ -280,7 +268,7 @@ def test_bad_inputs(tiny_onnx, variants, tmp_path):
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     cases = {
         text: "not an ONNX model",
-        tmp_path / "bare.onnx": "no infini metadata",
+        tmp_path / "bare.onnx": "not a step graph exported by infini-onnx",
         variants["int8"]: "already a int8 variant",
         tmp_path / "missing.onnx": "no such file",
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infini_onnx.runtime import InfiniModel, InputError
+from infini_onnx.runtime import InfiniModel, InputError, Stream, StreamBatch
 
 VARIANTS = [("delta", True), ("linear", False)]
 
@@ -22,15 +22,11 @@ def reference_run(model_dir: Path, ids: list[int], new_tokens: int = 0):
 
     from infini_onnx.model import from_pretrained
 
-    model = from_pretrained(model_dir).eval()
+    model = from_pretrained(model_dir)
+    generated = [int(t) for t in model.generate(torch.tensor([ids]), new_tokens)]
     with torch.no_grad():
-        logits, state = model(torch.tensor([ids]))
-        prompt_logits, generated = logits[0].numpy(), []
-        for _ in range(new_tokens):
-            token = int(logits[0, -1].argmax())
-            generated.append(token)
-            logits, state = model(torch.tensor([[token]]), state)
-    return prompt_logits, generated, logits[0, -1].numpy()
+        logits, _ = model(torch.tensor([ids + generated]))
+    return logits[0, : len(ids)].numpy(), generated, logits[0, -1].numpy()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +45,7 @@ def test_feed_and_generate_match_reference(onnx_factory, variant):
     ids = random_ids(75)  # two whole segments of 32 and a tail: folded into memory
     ref_logits, ref_tokens, ref_last = reference_run(model_dir, ids, new_tokens=40)
 
-    stream = model.stream()
+    stream = Stream(model)
     logits = stream.feed(ids, all_logits=True)
     np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
     tokens = list(stream.generate(max_new_tokens=40, temperature=0, stop=()))
@@ -57,13 +53,13 @@ def test_feed_and_generate_match_reference(onnx_factory, variant):
     np.testing.assert_allclose(stream.logits, ref_last, atol=1e-4, rtol=0)
     assert stream.tokens_seen == 115
 
-    fresh = model.stream()
+    fresh = Stream(model)
     assert list(fresh.generate(ids, max_new_tokens=40, temperature=0, stop=())) == ref_tokens
 
 
 def test_chunks_of_any_size_give_the_same_result(tiny_model):
     ids = random_ids(200, seed=1)
-    whole = tiny_model.stream()
+    whole = Stream(tiny_model)
     expected = whole.feed(ids, all_logits=True)
     cuts = [0, 1, 5, 37, 64, 65, 130, 200]
     for chunks in (
@@ -71,7 +67,7 @@ def test_chunks_of_any_size_give_the_same_result(tiny_model):
         (np.array(ids[a:b]) for a, b in zip(cuts, cuts[1:])),  # a lazy iterable
         iter(ids),  # one token at a time
     ):
-        stream = tiny_model.stream()
+        stream = Stream(tiny_model)
         np.testing.assert_allclose(stream.feed(chunks, all_logits=True), expected, atol=1e-5)
         np.testing.assert_allclose(stream.logits, whole.logits, atol=1e-5)
         assert stream.tokens_seen == 200
@@ -81,7 +77,7 @@ def test_chunks_of_any_size_give_the_same_result(tiny_model):
 def test_a_new_stream_generates_from_bos(tiny_onnx, tiny_model):
     bos = tiny_model.config.bos_token_id
     _, expected, _ = reference_run(tiny_onnx[0], [bos], new_tokens=12)
-    assert list(tiny_model.stream().generate(max_new_tokens=12, temperature=0, stop=())) == expected
+    assert list(Stream(tiny_model).generate(max_new_tokens=12, temperature=0, stop=())) == expected
 
 
 def test_feed_reads_a_lazy_iterable_as_it_goes(tiny_model, monkeypatch):
@@ -98,7 +94,7 @@ def test_feed_reads_a_lazy_iterable_as_it_goes(tiny_model, monkeypatch):
             calls_when_read.append(len(calls))
             yield random_ids(32)
 
-    tiny_model.stream().feed(chunks())
+    Stream(tiny_model).feed(chunks())
     assert calls_when_read == [0, 1, 2, 3, 4] and len(calls) == 5
 
 
@@ -106,13 +102,13 @@ LAZY_FEED_RSS = textwrap.dedent(
     """
     import resource, sys
     import numpy as np
-    from infini_onnx.runtime import InfiniModel
+    from infini_onnx.runtime import InfiniModel, Stream
 
     def chunks(n):  # each chunk of 64 ids pins a fresh 4 MB buffer while it is referenced
         for i in range(n):
             yield np.full(1 << 19, i % 250, np.int64)[::8192]
 
-    stream = InfiniModel(sys.argv[1], threads=1).stream()
+    stream = Stream(InfiniModel(sys.argv[1], threads=1))
     stream.feed(chunks(20))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stream.feed(chunks(200))  # 800 MB of buffers in all
@@ -143,40 +139,40 @@ def test_whole_segments_take_one_call_each(tiny_model, monkeypatch):
         "step",
         lambda s, ids, n=1: calls.append((s.cached, ids.shape[1], n)) or step(s, ids, n),
     )
-    stream = tiny_model.stream()
+    stream = Stream(tiny_model)
     stream.feed(random_ids(10))
     stream.feed([random_ids(50), random_ids(60)])  # 22 to end the segment, 2 whole, a tail of 24
     assert calls == [(0, 10, 1), (10, 22, 1), (0, 32, 1), (0, 32, 1), (0, 24, 1)]
 
 
 def test_feed_text_uses_the_metadata_tokenizer(tiny_model):
-    a, b = tiny_model.stream(), tiny_model.stream()
+    a, b = Stream(tiny_model), Stream(tiny_model)
     a.feed_text("héllo, world")
     b.feed(list("héllo, world".encode()))
     np.testing.assert_array_equal(a.logits, b.logits)
-    c = tiny_model.stream()
+    c = Stream(tiny_model)
     c.feed_text(["hé", "llo, ", "world"])
     np.testing.assert_allclose(c.logits, a.logits, atol=1e-5)
 
 
 def test_generate_text_and_sampling_options(tiny_model):
     prompt = "The quick brown fox"
-    greedy = list(tiny_model.stream().generate(prompt, 30, temperature=0, stop=()))
-    assert list(tiny_model.stream().generate(prompt, 30, top_k=1, stop=())) == greedy
-    one = list(tiny_model.stream().generate(prompt, 30, temperature=1.0, top_p=0.9, seed=7))
-    two = list(tiny_model.stream().generate(prompt, 30, temperature=1.0, top_p=0.9, seed=7))
+    greedy = list(Stream(tiny_model).generate(prompt, 30, temperature=0, stop=()))
+    assert list(Stream(tiny_model).generate(prompt, 30, top_k=1, stop=())) == greedy
+    one = list(Stream(tiny_model).generate(prompt, 30, temperature=1.0, top_p=0.9, seed=7))
+    two = list(Stream(tiny_model).generate(prompt, 30, temperature=1.0, top_p=0.9, seed=7))
     assert one == two
     text = "".join(
-        tiny_model.stream().generate_text(prompt, max_new_tokens=30, temperature=0, stop=())
+        Stream(tiny_model).generate_text(prompt, max_new_tokens=30, temperature=0, stop=())
     )
     assert isinstance(text, str) and text
-    empty = tiny_model.stream()
+    empty = Stream(tiny_model)
     assert len(list(empty.generate(max_new_tokens=3, stop=()))) == 3  # starts from bos
     assert empty.tokens_seen == 4
 
 
 def test_stop_token_is_yielded_and_ends_generation(tiny_model):
-    stream = tiny_model.stream()
+    stream = Stream(tiny_model)
     first = list(stream.fork().generate("abc", 50, temperature=0, stop=()))
     stop = first[5]
     tokens = list(stream.generate("abc", 50, temperature=0, stop=[stop]))
@@ -185,7 +181,7 @@ def test_stop_token_is_yielded_and_ends_generation(tiny_model):
 
 
 def test_fork_and_reset(tiny_model):
-    stream = tiny_model.stream()
+    stream = Stream(tiny_model)
     stream.feed(random_ids(40))
     fork = stream.fork()
     a = list(stream.generate(max_new_tokens=10, temperature=0, stop=()))
@@ -201,7 +197,7 @@ def test_batch_equals_one_by_one(tiny_model):
     new = np.array([random_ids(50, seed=100 + i) for i in range(3)])
     singles = []
     for history, row in zip(histories, new):
-        s = tiny_model.stream()
+        s = Stream(tiny_model)
         s.feed(history)
         logits = s.feed(row, all_logits=True)
         tokens = list(s.generate(max_new_tokens=25, temperature=0, stop=()))
@@ -209,9 +205,9 @@ def test_batch_equals_one_by_one(tiny_model):
 
     streams = []
     for history in histories:
-        streams.append(tiny_model.stream())
+        streams.append(Stream(tiny_model))
         streams[-1].feed(history)
-    batch = tiny_model.batch(streams)
+    batch = StreamBatch(streams)
     logits = batch.feed(new, all_logits=True)
     tokens = np.stack(list(batch.generate(max_new_tokens=25, temperature=0)), axis=1)
     assert batch.tokens_seen == [85, 117, 149]
@@ -221,37 +217,37 @@ def test_batch_equals_one_by_one(tiny_model):
     for back, (_, _, single) in zip(batch.split(), singles):
         assert back.tokens_seen == single.tokens_seen
         np.testing.assert_allclose(back.logits, single.logits, atol=1e-5)
-        a, b = tiny_model.to_host(back.state), tiny_model.to_host(single.state)
+        a, b = back.state.to_host(), single.state.to_host()
         for name in a:
             np.testing.assert_allclose(a[name], b[name], atol=1e-4, err_msg=name)
 
 
 def test_batch_refuses_streams_at_different_positions(tiny_model):
-    a, b = tiny_model.stream(), tiny_model.stream()
+    a, b = Stream(tiny_model), Stream(tiny_model)
     a.feed(random_ids(3))
     with pytest.raises(InputError, match="same position"):
-        tiny_model.batch([a, b])
+        StreamBatch([a, b])
     other = InfiniModel(tiny_model.path, threads=1)
     with pytest.raises(InputError, match="another model"):
-        tiny_model.batch([b, other.stream()])
+        StreamBatch([b, Stream(other)])
 
 
 def test_token_ids_in_every_accepted_form(tiny_model):
     ids = [0, *random_ids(40, seed=3), 257]  # the ends of the vocabulary are valid
-    expected = tiny_model.stream().feed(ids)
+    expected = Stream(tiny_model).feed(ids)
     for form in (np.array(ids), np.array([ids]), [ids[:10], np.array(ids[10:])], iter(ids)):
-        np.testing.assert_allclose(tiny_model.stream().feed(form), expected, atol=1e-6)
+        np.testing.assert_allclose(Stream(tiny_model).feed(form), expected, atol=1e-6)
     with pytest.raises(InputError, match="token id 258 outside"):  # the first bad id is named
-        tiny_model.stream().feed([0, 258, -1])
+        Stream(tiny_model).feed([0, 258, -1])
     with pytest.raises(InputError, match="must have shape"):
-        tiny_model.stream().feed(np.array([[ids[:4]]]))  # [1, 1, 4]
-    stream = tiny_model.stream()
+        Stream(tiny_model).feed(np.array([[ids[:4]]]))  # [1, 1, 4]
+    stream = Stream(tiny_model)
     logits = stream.feed_text("some text")
     assert logits.shape == (tiny_model.config.vocab_size,)
 
 
 def test_generate_defaults_and_zero_new_tokens(tiny_model):
-    stream = tiny_model.stream()
+    stream = Stream(tiny_model)
     assert list(stream.generate("abc", max_new_tokens=0)) == [] and stream.tokens_seen == 3
     default = list(stream.fork().generate(seed=2, stop=()))
     assert len(default) == 64
@@ -269,25 +265,25 @@ def test_generate_defaults_and_zero_new_tokens(tiny_model):
     ],
 )
 def test_a_batch_of_one_samples_as_the_stream_does(tiny_model, options):
-    stream = tiny_model.stream()
+    stream = Stream(tiny_model)
     stream.feed(random_ids(20, seed=4))
     expected = list(stream.fork().generate(max_new_tokens=30, stop=(), **options))
     assert len(set(expected)) > 1
-    batch = tiny_model.batch([stream])
+    batch = StreamBatch([stream])
     got = [int(t[0]) for t in batch.generate(max_new_tokens=30, **options)]
     assert got == expected
-    assert len(list(tiny_model.batch([stream]).generate(seed=0))) == 64  # the default length
+    assert len(list(StreamBatch([stream]).generate(seed=0))) == 64  # the default length
 
 
 def test_batch_feeds_chunks_and_split_streams_go_on(tiny_model):
-    streams = [tiny_model.stream() for _ in range(2)]
-    batch = tiny_model.batch(streams)
+    streams = [Stream(tiny_model) for _ in range(2)]
+    batch = StreamBatch(streams)
     ids = np.array([random_ids(40, seed=i) for i in range(2)])
     logits = batch.feed(iter([ids[:, :15], ids[:, 15:]]))
     assert logits.shape == (2, tiny_model.config.vocab_size)
     back = batch.split()
     for i, stream in enumerate(back):
-        single = tiny_model.stream()
+        single = Stream(tiny_model)
         single.feed(ids[i])
         np.testing.assert_allclose(stream.feed([5, 6]), single.feed([5, 6]), atol=1e-5)
 

@@ -11,8 +11,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from infini_onnx.cli import main
-from infini_onnx.runtime import InfiniModel
-from infini_onnx.runtime.cli import generate_command, stream_command
+from infini_onnx.cli.stream_cmd import generate_command, stream_command
+from infini_onnx.runtime import InfiniModel, Stream
 
 TEXT = "Infini-attention keeps a compressive memory of everything it has read. " * 20
 
@@ -42,11 +42,11 @@ def test_stream_a_file_generate_save_and_resume(tiny_onnx, tmp_path):
     assert "RSS" in result.stderr and "saved state" in result.stderr
 
     model = InfiniModel(onnx_path, threads=1)
-    expected = model.stream()
+    expected = Stream(model)
     expected.feed_text(TEXT)
     tokens = list(expected.generate("Q:", max_new_tokens=12, temperature=0))
     assert result.stdout == model.tokenizer.decode(tokens, skip_special_tokens=True) + "\n"
-    resumed = model.load_stream(state)
+    resumed = Stream.load(model, state)
     assert resumed.tokens_seen == len(TEXT) + 2 + len(tokens)
     np.testing.assert_allclose(resumed.logits, expected.logits, atol=1e-6)
 
@@ -67,13 +67,13 @@ def test_stream_stdin_and_generate_command(tiny_onnx, tmp_path):
         input=TEXT,
     )
     assert result.exit_code == 0, result.output
-    assert InfiniModel(onnx_path).load_stream(tmp_path / "s.state").tokens_seen == len(TEXT)
+    assert Stream.load(InfiniModel(onnx_path), tmp_path / "s.state").tokens_seen == len(TEXT)
     args = [onnx_path, "--prompt", "Hello", "-n", "8", "--seed", "1", "--top-k", "20"]
     result = runner.invoke(generate_command, args)
     assert result.exit_code == 0, result.output
     model = InfiniModel(onnx_path, threads=1)
     options = dict(max_new_tokens=8, temperature=0.8, top_k=20, seed=1)  # 0.8: the default
-    text = "".join(model.stream().generate_text("Hello", **options))
+    text = "".join(Stream(model).generate_text("Hello", **options))
     assert result.stdout == text + "\n"
     assert runner.invoke(generate_command, args).stdout == result.stdout  # seeded
 
@@ -111,15 +111,15 @@ BLOCKED_IMPORTS = textwrap.dedent(
     sys.meta_path.insert(0, Blocker())
 
     import numpy as np
-    from infini_onnx.runtime import InfiniModel
-    import infini_onnx.runtime.cli
+    from infini_onnx.runtime import InfiniModel, Stream
+    import infini_onnx.cli.stream_cmd
 
     model = InfiniModel(sys.argv[1], threads=1)
-    stream = model.stream()
+    stream = Stream(model)
     stream.feed_text(["Streams of any length, ", "in chunks. "] * 50)
     tokens = list(stream.generate(" Next:", max_new_tokens=8, temperature=0, stop=()))
     stream.save(sys.argv[2])
-    assert model.load_stream(sys.argv[2]).tokens_seen == stream.tokens_seen
+    assert Stream.load(model, sys.argv[2]).tokens_seen == stream.tokens_seen
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not loaded, loaded
     print("ok", tokens)
@@ -138,7 +138,7 @@ def test_runtime_runs_without_torch_or_onnx(tiny_onnx, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     model = InfiniModel(tiny_onnx[1], threads=1)
-    stream = model.stream()
+    stream = Stream(model)
     stream.feed_text(["Streams of any length, ", "in chunks. "] * 50)
     tokens = list(stream.generate(" Next:", max_new_tokens=8, temperature=0, stop=()))
     assert result.stdout.strip() == f"ok {tokens}"

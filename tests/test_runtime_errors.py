@@ -15,6 +15,7 @@ from infini_onnx.runtime import (
     InputError,
     ModelFileError,
     NonFiniteError,
+    Stream,
 )
 
 
@@ -81,7 +82,7 @@ def tiny_model(tiny_onnx):
     ],
 )
 def test_bad_tokens_leave_the_stream_intact(tiny_model, tokens, message):
-    stream = tiny_model.stream()
+    stream = Stream(tiny_model)
     stream.feed([5, 6, 7])
     before = stream.state
     with pytest.raises(InputError, match=message):
@@ -100,11 +101,11 @@ def test_bad_tokens_leave_the_stream_intact(tiny_model, tokens, message):
 )
 def test_bad_generation_options(tiny_model, options, message):
     with pytest.raises(InputError, match=message):
-        tiny_model.stream().generate("hi", **options)
+        Stream(tiny_model).generate("hi", **options)
 
 
 def test_bad_prompt_leaves_the_stream_intact(tiny_model):
-    stream = tiny_model.stream()
+    stream = Stream(tiny_model)
     stream.feed([1, 2])
     before = stream.state
     with pytest.raises(InputError, match="outside the vocabulary"):
@@ -115,7 +116,7 @@ def test_bad_prompt_leaves_the_stream_intact(tiny_model):
 def test_nan_in_the_state_is_detected_and_the_last_good_state_kept(tiny_model, tiny_onnx, tmp_path):
     path = edited_copy(tiny_onnx[1], tmp_path / "poisoned.onnx", poison_embedding(65))
     poisoned = InfiniModel(path, threads=1)
-    stream = poisoned.stream()
+    stream = Stream(poisoned)
     stream.feed([1, 2, 3])
     before = stream.state
     with pytest.raises(NonFiniteError, match="NaN or inf"):
@@ -125,7 +126,7 @@ def test_nan_in_the_state_is_detected_and_the_last_good_state_kept(tiny_model, t
         stream.feed([*range(40), 65])  # after a whole segment: the feed is all or nothing
     assert stream.state is before
     stream.feed([4, 5])
-    clean = tiny_model.stream()
+    clean = Stream(tiny_model)
     clean.feed([1, 2, 3, 4, 5])
     np.testing.assert_allclose(stream.logits, clean.logits, atol=1e-6)
 
@@ -160,7 +161,7 @@ def test_model_without_tokenizer_works_on_ids(tiny_onnx, tmp_path):
     path = edited_copy(tiny_onnx[1], tmp_path / "ids.onnx", set_metadata("infini.tokenizer", None))
     model = InfiniModel(path, threads=1)
     assert model.tokenizer is None
-    stream = model.stream()
+    stream = Stream(model)
     stream.feed([1, 2, 3])
     with pytest.raises(InputError, match="no tokenizer"):
         stream.feed_text("hello")
@@ -182,7 +183,7 @@ def test_non_finite_write_to_the_state_is_refused_though_logits_are_finite(tiny_
     """A NaN that reaches only the cache or the accumulators (not the logits) must not be
     committed: the next segment would read it, and the last good state would be gone."""
     model = InfiniModel(tiny_onnx[1], threads=1)
-    run = model._graph.run
+    run = model.layout.device.run
 
     def poisoned_run(input_ids, num_logits, state):
         out = run(input_ids, num_logits, state)
@@ -190,10 +191,10 @@ def test_non_finite_write_to_the_state_is_refused_though_logits_are_finite(tiny_
         value[0, 0, 0, -1] = np.nan  # the newest cache position; an accumulator's last row
         return dataclasses.replace(out, **{field: value})
 
-    stream = model.stream()
+    stream = Stream(model)
     stream.feed([1, 2, 3])
     before = stream.state
-    model._graph.run = poisoned_run
+    model.layout.device.run = poisoned_run
     with pytest.raises(NonFiniteError, match="keeps its last good state"):
         stream.feed([4, 5])
     assert stream.state is before

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from infini_onnx.runtime import InfiniModel, StateFileError
+from infini_onnx.runtime import InfiniModel, StateFileError, Stream
 
 SAMPLING = dict(max_new_tokens=40, temperature=0.9, top_k=50, seed=3, stop=())
 
@@ -19,13 +19,13 @@ def tiny_model(tiny_onnx):
 
 
 def fed_stream(model: InfiniModel, n: int = 50):
-    stream = model.stream()
+    stream = Stream(model)
     stream.feed(np.random.default_rng(0).integers(0, 258, n))
     return stream
 
 
 def assert_states_identical(model, a, b):
-    ha, hb = model.to_host(a.state), model.to_host(b.state)
+    ha, hb = a.state.to_host(), b.state.to_host()
     assert ha.keys() == hb.keys()
     for name in ha:
         assert ha[name].dtype == hb[name].dtype and ha[name].tobytes() == hb[name].tobytes(), name
@@ -35,7 +35,7 @@ def assert_states_identical(model, a, b):
 def test_save_load_go_on_is_bit_identical(tiny_model, tmp_path, fed):
     stream = fed_stream(tiny_model, fed)
     stream.save(tmp_path / "s.state")
-    resumed = tiny_model.load_stream(tmp_path / "s.state")
+    resumed = Stream.load(tiny_model, tmp_path / "s.state")
     assert resumed.tokens_seen == fed and resumed.state.cached == fed % 32
     assert_states_identical(tiny_model, stream, resumed)
 
@@ -46,8 +46,8 @@ def test_save_load_go_on_is_bit_identical(tiny_model, tmp_path, fed):
 
 
 def test_fresh_stream_round_trips(tiny_model, tmp_path):
-    tiny_model.stream().save(tmp_path / "empty.state")
-    stream = tiny_model.load_stream(tmp_path / "empty.state")
+    Stream(tiny_model).save(tmp_path / "empty.state")
+    stream = Stream.load(tiny_model, tmp_path / "empty.state")
     assert stream.tokens_seen == 0 and stream.logits is None
 
 
@@ -71,7 +71,7 @@ def test_file_is_safetensors_with_identity_and_checksum(tiny_model, tmp_path):
     tensors = safetensors_numpy.load_file(str(path))
     np.testing.assert_array_equal(tensors["tokens_seen"], [50])
     np.testing.assert_array_equal(
-        tensors["memory"], tiny_model.to_host(fed_stream(tiny_model).state)["memory"]
+        tensors["memory"], fed_stream(tiny_model).state.to_host()["memory"]
     )
 
 
@@ -86,34 +86,34 @@ def test_corrupt_truncated_missing_and_foreign_files_fail_clearly(
     raw[-100] ^= 0x01
     flipped.write_bytes(bytes(raw))
     with pytest.raises(StateFileError, match="checksum mismatch"):
-        tiny_model.load_stream(flipped)
+        Stream.load(tiny_model, flipped)
 
     truncated = tmp_path / "truncated.state"
     truncated.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(StateFileError, match="corrupt state file"):
-        tiny_model.load_stream(truncated)
+        Stream.load(tiny_model, truncated)
     truncated.write_bytes(path.read_bytes()[:20])
     with pytest.raises(StateFileError, match="truncated header"):
-        tiny_model.load_stream(truncated)
+        Stream.load(tiny_model, truncated)
 
     with pytest.raises(StateFileError, match="no such state file"):
-        tiny_model.load_stream(tmp_path / "missing.state")
+        Stream.load(tiny_model, tmp_path / "missing.state")
 
     other = InfiniModel(onnx_factory("linear", False)[1], threads=1)
     with pytest.raises(StateFileError, match="another model"):
-        other.load_stream(path)
+        Stream.load(other, path)
 
 
 def test_saved_state_with_nan_is_refused(tiny_model, tmp_path):
     from infini_onnx.runtime import statefile
 
     stream = fed_stream(tiny_model)
-    host = tiny_model.to_host(stream.state)
+    host = stream.state.to_host()
     host["memory"] = host["memory"].copy()
     host["memory"][0, 0, 0, 0, 0] = np.nan
     statefile.save_state(tmp_path / "nan.state", host, tiny_model.model_id, "fp32")
     with pytest.raises(StateFileError, match="NaN or inf"):
-        tiny_model.load_stream(tmp_path / "nan.state")
+        Stream.load(tiny_model, tmp_path / "nan.state")
 
 
 def read_header(path) -> tuple[dict, bytes]:
@@ -149,7 +149,7 @@ def test_any_header_edit_is_detected(tiny_model, tmp_path, edit):
     fed_stream(tiny_model).save(path)
     rewrite_header(path, edit)
     with pytest.raises(StateFileError, match="checksum mismatch"):
-        tiny_model.load_stream(path)
+        Stream.load(tiny_model, path)
 
 
 def test_a_write_cut_short_keeps_the_previous_file(tiny_model, tmp_path):
@@ -172,7 +172,7 @@ def test_a_write_cut_short_keeps_the_previous_file(tiny_model, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, handler)
     assert path.read_bytes() == saved
-    assert tiny_model.load_stream(path).tokens_seen == 40
+    assert Stream.load(tiny_model, path).tokens_seen == 40
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.state"]
 
 
@@ -184,11 +184,11 @@ def test_a_write_cut_short_keeps_the_previous_file(tiny_model, tmp_path):
 def test_state_of_the_wrong_shape_is_refused(tiny_model, tmp_path, name, shape):
     from infini_onnx.runtime import statefile
 
-    host = tiny_model.to_host(fed_stream(tiny_model).state)
+    host = fed_stream(tiny_model).state.to_host()
     host[name] = np.zeros(shape(host[name].shape), host[name].dtype)
     statefile.save_state(tmp_path / "bad.state", host, tiny_model.model_id, "fp32")
     with pytest.raises(StateFileError, match="not a state of this model"):
-        tiny_model.load_stream(tmp_path / "bad.state")
+        Stream.load(tiny_model, tmp_path / "bad.state")
 
 
 @pytest.mark.parametrize("fed", [0, 1, 5, 31, 32, 50, 77])
@@ -198,7 +198,7 @@ def test_checksum_and_layout_as_documented(tiny_model, tmp_path, fed):
     import hashlib
 
     path = tmp_path / "s.state"
-    stream = fed_stream(tiny_model, fed) if fed else tiny_model.stream()
+    stream = fed_stream(tiny_model, fed) if fed else Stream(tiny_model)
     stream.save(path)
     header, data = read_header(path)
     meta = header["__metadata__"]
@@ -208,7 +208,7 @@ def test_checksum_and_layout_as_documented(tiny_model, tmp_path, fed):
     assert checksum == "sha256:" + hashlib.sha256(canonical + data).hexdigest()
 
 
-def test_save_into_new_directories_through_a_temporary_file_beside_the_target(
+def test_save_into_new_directories_through_a_temporary_directory_beside_the_target(
     tiny_model, tmp_path, monkeypatch
 ):
     import os
@@ -218,11 +218,13 @@ def test_save_into_new_directories_through_a_temporary_file_beside_the_target(
     replace = os.replace
     monkeypatch.setattr(os, "replace", lambda src, dst: renames.append(src) or replace(src, dst))
     fed_stream(tiny_model).save(path)
-    assert tiny_model.load_stream(path).tokens_seen == 50
+    assert Stream.load(tiny_model, path).tokens_seen == 50
     (tmp,) = renames
     tmp = type(path)(tmp)
-    assert tmp.parent == path.parent  # the same file system: the rename is atomic
-    assert tmp.name.startswith("s.state.") and tmp.name.endswith(".tmp")
+    assert tmp.name == "s.state"  # in a private directory beside the target: same file system,
+    assert tmp.parent.parent == path.parent  # so the rename is atomic
+    assert tmp.parent.name.startswith("s.state.") and tmp.parent.name.endswith(".tmp")
+    assert not tmp.parent.exists()
 
 
 def test_safetensors_round_trip_keeps_dtypes_and_allows_no_tensors(tmp_path):
@@ -249,4 +251,4 @@ def test_a_header_cut_short_is_reported_as_truncated(tiny_model, tmp_path):
     (n,) = struct.unpack("<Q", raw[:8])
     path.write_bytes(raw[: 8 + n - 1])
     with pytest.raises(StateFileError, match="truncated header"):
-        tiny_model.load_stream(path)
+        Stream.load(tiny_model, path)

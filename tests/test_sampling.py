@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infini_onnx.runtime.errors import InputError
-from infini_onnx.runtime.sampling import Sampler
-from infini_onnx.runtime.text import TextDecoder
+from infini_onnx.errors import InputError
+from infini_onnx.runtime.sampling import Sampler, SamplingOptions
+from infini_onnx.runtime.textio import TextDecoder
 from infini_onnx.tokenizer import byte_level_tokenizer
 
 PROBS = np.array([0.05, 0.4, 0.1, 0.3, 0.15])  # a shuffled order: the sampler must sort
@@ -32,11 +32,11 @@ def assert_distribution(observed: np.ndarray, expected: np.ndarray) -> None:
 def test_temperature_samples_softmax_of_scaled_logits(temperature):
     expected = PROBS ** (1 / temperature)
     expected /= expected.sum()
-    assert_distribution(frequencies(Sampler(temperature, seed=0), PROBS), expected)
+    assert_distribution(frequencies(Sampler(SamplingOptions(temperature, seed=0)), PROBS), expected)
 
 
 def test_default_temperature_is_one_and_large_logits_do_not_overflow():
-    assert_distribution(frequencies(Sampler(seed=4), PROBS, shift=1000.0), PROBS)
+    assert_distribution(frequencies(Sampler(SamplingOptions(seed=4)), PROBS, shift=1000.0), PROBS)
 
 
 @pytest.mark.parametrize(
@@ -44,20 +44,22 @@ def test_default_temperature_is_one_and_large_logits_do_not_overflow():
 )
 def test_options_outside_their_range_are_refused(options):
     with pytest.raises(InputError):
-        Sampler(**options)
+        Sampler(SamplingOptions(**options))
 
 
 def test_ties_are_broken_towards_the_lower_id():
     """Among equal logits top-k keeps the lowest ids (a stable sort, whatever the vocabulary
     size; numpy's default sort is not stable past 16 elements)."""
     row = np.random.default_rng(0).integers(0, 3, 300).astype(np.float32)  # ~100 ties at 2
-    tokens = Sampler(1.0, top_k=4, seed=5)(np.tile(row, (2000, 1)))
+    tokens = Sampler(SamplingOptions(1.0, top_k=4, seed=5))(np.tile(row, (2000, 1)))
     assert set(tokens.tolist()) == set(np.flatnonzero(row == 2)[:4].tolist())
 
 
 def test_top_k_keeps_the_k_most_likely_renormalised():
     expected = np.where(PROBS >= 0.3, PROBS, 0) / 0.7
-    assert_distribution(frequencies(Sampler(1.0, top_k=2, seed=1), PROBS), expected)
+    assert_distribution(
+        frequencies(Sampler(SamplingOptions(1.0, top_k=2, seed=1)), PROBS), expected
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,7 +74,9 @@ def test_top_k_keeps_the_k_most_likely_renormalised():
 def test_top_p_keeps_the_smallest_prefix_reaching_p(top_p, kept):
     expected = np.where(np.isin(PROBS, kept), PROBS, 0)
     expected /= expected.sum()
-    assert_distribution(frequencies(Sampler(1.0, top_p=top_p, seed=2), PROBS), expected)
+    assert_distribution(
+        frequencies(Sampler(SamplingOptions(1.0, top_p=top_p, seed=2)), PROBS), expected
+    )
 
 
 def test_options_combine_temperature_then_top_k_then_top_p():
@@ -81,15 +85,15 @@ def test_options_combine_temperature_then_top_k_then_top_p():
     top3 /= top3.sum()  # [.., 0.5926, .., 0.3333, 0.0741] in order 0.4, 0.3, 0.15
     expected = np.where(PROBS >= 0.3, top3, 0)  # 0.5926 < 0.9 <= 0.5926 + 0.3333
     expected /= expected.sum()
-    sampler = Sampler(0.5, top_k=3, top_p=0.9, seed=3)
+    sampler = Sampler(SamplingOptions(0.5, top_k=3, top_p=0.9, seed=3))
     assert_distribution(frequencies(sampler, PROBS), expected)
 
 
 def test_greedy_and_seeds():
     logits = np.log(np.tile(PROBS, (4, 1))).astype(np.float32)
-    assert Sampler(0.0)(logits).tolist() == [1, 1, 1, 1]
-    assert Sampler(5.0, top_k=1)(logits).tolist() == [1, 1, 1, 1]
-    a, b, c = (frequencies(Sampler(1.0, seed=s), PROBS, 50) for s in (7, 7, 8))
+    assert Sampler(SamplingOptions(0.0))(logits).tolist() == [1, 1, 1, 1]
+    assert Sampler(SamplingOptions(5.0, top_k=1))(logits).tolist() == [1, 1, 1, 1]
+    a, b, c = (frequencies(Sampler(SamplingOptions(1.0, seed=s)), PROBS, 50) for s in (7, 7, 8))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 

@@ -30,7 +30,7 @@ def build_models(workdir: Path, preset: str, log=print) -> Models:
     in `workdir` are reused."""
     from infini_onnx.bench.llama import export_llama
     from infini_onnx.export.exporter import export_model
-    from infini_onnx.model import from_pretrained, init_model_dir
+    from infini_onnx.model import InfiniLlamaForCausalLM, init_model_dir
     from infini_onnx.quantize.quantizer import quantize_model
     from infini_onnx.quantize.targets import resolve
 
@@ -52,7 +52,10 @@ def build_models(workdir: Path, preset: str, log=print) -> Models:
             onnx["int4"],
             lambda: quantize_model(onnx["fp32"], onnx["int4"], resolve("int4", target)),
         ),
-        "llama": (onnx["llama"], lambda: export_llama(from_pretrained(model_dir), onnx["llama"])),
+        "llama": (
+            onnx["llama"],
+            lambda: export_llama(InfiniLlamaForCausalLM.from_pretrained(model_dir), onnx["llama"]),
+        ),
     }
     seconds = {}
     for name, (path, make) in steps.items():

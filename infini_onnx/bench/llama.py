@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx_ir as ir
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.export import Dim
 
+from infini_onnx.export.exporter import trace_module
 from infini_onnx.model import InfiniLlamaForCausalLM
-from infini_onnx.model.modeling import apply_rope, rope_cos_sin
+from infini_onnx.stepgraph.files import atomic_output
 
 
 def cache_names(layers: int, prefix: str) -> list[str]:
@@ -25,48 +27,28 @@ def cache_names(layers: int, prefix: str) -> list[str]:
 
 
 class FullAttentionLlama(nn.Module):
-    """Runs an infini-llama's weights as a standard Llama (the gates are unused)."""
+    """Runs an infini-llama's weights as a standard Llama: each layer's local attention over the
+    whole cache (positions from the stream start), no memory (the gates are unused)."""
 
     def __init__(self, model: InfiniLlamaForCausalLM):
         super().__init__()
         self.model = model
-        self.config = model.config
 
     def forward(self, input_ids: Tensor, *cache: Tensor) -> tuple[Tensor, ...]:
-        c, inner = self.config, self.model.model
-        B, T = input_ids.shape
-        H, G, d, r = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_groups
-        P = cache[0].shape[2]
-        cos, sin = rope_cos_sin(torch.arange(P, P + T), d, c.rope_theta)
-        causal = torch.arange(P + T)[None, :] <= (P + torch.arange(T))[:, None]  # [T, P+T]
-        x = inner.embed_tokens(input_ids)
+        inner = self.model.model
+        x = inner.embed_tokens(input_ids)  # [B, T, D]
         present = []
         for i, layer in enumerate(inner.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(B, T, H, d).transpose(1, 2)
-            k = attn.k_proj(h).view(B, T, G, d).transpose(1, 2)
-            v = attn.v_proj(h).view(B, T, G, d).transpose(1, 2)
-            k = torch.cat([cache[2 * i], apply_rope(k, cos, sin)], dim=2)  # [B, G, P+T, d]
-            v = torch.cat([cache[2 * i + 1], v], dim=2)
-            q = apply_rope(q, cos, sin).view(B, G, r, T, d)
-            scores = (q @ k.unsqueeze(2).transpose(-1, -2)) / d**0.5
-            a = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v.unsqueeze(2)
-            x = x + attn.o_proj(a.view(B, H, T, d).transpose(1, 2).reshape(B, T, H * d))
-            h = layer.post_attention_layernorm(x)
-            mlp = layer.mlp
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+            q, k, v = attn.project(layer.input_layernorm(x))
+            a, k, v = attn.local(q, k, v, cache[2 * i], cache[2 * i + 1])  # k, v [B, G, P+T, d]
+            x = layer.feed_forward(x + attn.output(a))
             present += [k, v]
         return self.model.lm_head(inner.norm(x[:, -1:])), *present
 
 
 def export_llama(model: InfiniLlamaForCausalLM, out_path: Path, opset: int = 18) -> Path:
-    """torch.onnx (dynamo) export with B, T and P dynamic (traced at sizes >= 2)."""
-    import logging
-    import warnings
-
-    from torch.export import Dim
-
+    """The full-attention graph with B, T and P dynamic, written atomically."""
     c = model.config
     L = c.num_hidden_layers
     shape = (2, c.num_key_value_heads, 2, c.head_dim)
@@ -76,21 +58,14 @@ def export_llama(model: InfiniLlamaForCausalLM, out_path: Path, opset: int = 18)
         "input_ids": {0: batch, 1: tokens},
         "cache": tuple({0: batch, 2: past} for _ in range(2 * L)),
     }
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            FullAttentionLlama(model.eval()),
-            args,
-            dynamic_shapes=dynamic_shapes,
-            input_names=["input_ids", *cache_names(L, "past_key_values")],
-            output_names=["logits", *cache_names(L, "present")],
-            opset_version=opset,
-            dynamo=True,
-            optimize=True,
-            verbose=False,
-        )
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    program.save(str(tmp))
-    tmp.replace(out_path)
+    graph = trace_module(
+        FullAttentionLlama(model),
+        args,
+        dynamic_shapes,
+        ["input_ids", *cache_names(L, "past_key_values")],
+        ["logits", *cache_names(L, "present")],
+        opset,
+    )
+    with atomic_output(out_path) as tmp:
+        ir.save(graph, tmp)
     return out_path

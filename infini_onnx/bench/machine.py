@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from importlib import metadata
 
 import numpy as np
 
-from infini_onnx.bench.stats import summary
+from infini_onnx.bench.stats import summary, time_calls
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
 PACKAGES = ("numpy", "onnxruntime", "torch", "infini-transformer-pytorch", "infini-onnx")
@@ -52,16 +51,6 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
 
 
-def _time(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, dict]:
     """Dense fp32 n x n x n matmul GFLOP/s through ONNX Runtime's MatMul and through numpy.
 
@@ -70,7 +59,7 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, di
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from infini_onnx.runtime.graph import session_options
+    from infini_onnx.runtime import session_options
 
     spec = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "abc"]
     graph = helper.make_graph(
@@ -84,8 +73,11 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, di
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     flops = 2 * n**3
     to_gflops = lambda times: summary([flops / t / 1e9 for t in times])  # noqa: E731
+    run_ort = lambda: session.run(None, {"a": a, "b": b})  # noqa: E731
+    run_numpy = lambda: a @ b  # noqa: E731
+    run_ort(), run_numpy()  # warm-up
     return {
-        "onnxruntime": to_gflops(_time(lambda: session.run(None, {"a": a, "b": b}), repeats)),
-        "numpy": to_gflops(_time(lambda: a @ b, repeats)),
+        "onnxruntime": to_gflops(time_calls(run_ort, repeats)),
+        "numpy": to_gflops(time_calls(run_numpy, repeats)),
         "size": n,
     }

@@ -17,6 +17,8 @@ from pathlib import Path
 from infini_onnx.bench import machine
 from infini_onnx.bench.build import Models, build_models
 from infini_onnx.config import InfiniConfig
+from infini_onnx.modeldir import load_config
+from infini_onnx.stepgraph.files import file_bytes
 
 K = 1024
 PRESET = "small"
@@ -234,10 +236,11 @@ def run(
     with tempfile.TemporaryDirectory(prefix="infini-bench-") as scratch:
         tmp = Path(scratch)
         models = build_models(workdir or tmp / "models", PRESET, log)
-        config = InfiniConfig.from_json_file(models.model_dir / "config.json")
-        from infini_onnx.model import from_pretrained
+        config = load_config(models.model_dir)
+        from infini_onnx.model import InfiniLlamaForCausalLM
 
-        params = sum(p.numel() for p in from_pretrained(models.model_dir).parameters())
+        model = InfiniLlamaForCausalLM.from_pretrained(models.model_dir)
+        params = sum(p.numel() for p in model.parameters())
         specs, notes = system_specs(models, config, params)
         cap = memory_cap()
         log("  matmul ceiling")
@@ -263,9 +266,7 @@ def _weights_bytes(spec: SystemSpec, models: Models, params: int) -> dict:
     """What a deployment of the system loads: its file, or for infini-transformer-pytorch
     (no file format of its own) its fp32 weights."""
     kind = spec.spec["type"]
-    if kind in ("ort", "llama"):
-        from infini_onnx.quantize.report import file_bytes  # .onnx plus its external data
-
+    if kind in ("ort", "llama"):  # .onnx plus its external data
         return {"bytes": file_bytes(spec.spec["onnx"]), "what": Path(spec.spec["onnx"]).name}
     if kind == "torch":
         weights = models.model_dir / "model.safetensors"

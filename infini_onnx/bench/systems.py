@@ -7,12 +7,13 @@ decode steps continuing the stream, one token per call, without changing the ing
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from infini_onnx.bench.stats import time_calls
 
 
 class System(Protocol):
@@ -26,28 +27,20 @@ class System(Protocol):
     def decode(self, tokens: int) -> list[float]: ...
 
 
-def _timed(step: Callable[[], object], tokens: int) -> list[float]:
-    times = []
-    for _ in range(tokens):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 class OrtInfini:
     """infini-onnx: the runtime's Stream over an exported (or quantised) step graph."""
 
     def __init__(self, onnx_path: Path, threads: int):
-        from infini_onnx.runtime import InfiniModel
+        from infini_onnx.runtime import InfiniModel, Stream
 
         self.model = InfiniModel(onnx_path, threads=threads)
-        self.stream = self.model.stream()
+        self.new_stream = lambda: Stream(self.model)
+        self.stream = self.new_stream()
         self.chunk = self.model.config.segment_len
         self.params = 0  # set by the caller from the model directory (the graph has no count)
 
     def reset(self) -> None:
-        self.stream = self.model.stream()
+        self.stream = self.new_stream()
 
     def ingest(self, ids: np.ndarray) -> None:
         self.stream.feed(ids)
@@ -56,7 +49,7 @@ class OrtInfini:
         generator: Iterator[int] = self.stream.fork().generate(
             max_new_tokens=tokens, temperature=0, stop=()
         )
-        return _timed(lambda: next(generator), tokens)
+        return time_calls(lambda: next(generator), tokens)
 
 
 class TorchReference:
@@ -65,11 +58,11 @@ class TorchReference:
     def __init__(self, model_dir: Path, threads: int):
         import torch
 
-        from infini_onnx.model import from_pretrained
+        from infini_onnx.model import InfiniLlamaForCausalLM
 
         torch.set_num_threads(threads)
         self.torch = torch
-        self.model = from_pretrained(model_dir).eval()
+        self.model = InfiniLlamaForCausalLM.from_pretrained(model_dir)
         self.state = self.model.new_state()
         self.chunk = self.model.config.segment_len
         self.params = sum(p.numel() for p in self.model.parameters())
@@ -84,15 +77,9 @@ class TorchReference:
             )
 
     def decode(self, tokens: int) -> list[float]:
-        state, token = self.state, [self.model.config.bos_token_id]
-
-        def step() -> None:
-            nonlocal state
-            with self.torch.inference_mode():
-                logits, state = self.model(self.torch.tensor([token]), state)
-            token[0] = int(logits[0, -1].argmax())
-
-        return _timed(step, tokens)
+        bos = self.torch.tensor([[self.model.config.bos_token_id]])
+        generator = self.model.generate(bos, tokens, self.state)  # one forward per token
+        return time_calls(lambda: next(generator), tokens)
 
 
 class InfiniTransformerPytorch:
@@ -138,7 +125,7 @@ class InfiniTransformerPytorch:
             cache = out.cached_kvs
             token[0] = int(out.logits[0, -1].argmax())
 
-        return _timed(step, tokens)
+        return time_calls(step, tokens)
 
 
 class OrtFullAttention:
@@ -148,7 +135,7 @@ class OrtFullAttention:
         import onnxruntime as ort
 
         from infini_onnx.bench.llama import cache_names
-        from infini_onnx.runtime.graph import session_options
+        from infini_onnx.runtime import session_options
 
         self.session = ort.InferenceSession(
             str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"]
@@ -186,7 +173,7 @@ class OrtFullAttention:
             logits, cache = self._run(token, cache)
             token = logits[0, -1].argmax(keepdims=True).astype(np.int64)
 
-        return _timed(step, tokens)
+        return time_calls(step, tokens)
 
 
 def itp_kwargs(config, params: int) -> dict:

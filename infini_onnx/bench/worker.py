@@ -17,6 +17,7 @@ import numpy as np
 
 from infini_onnx.bench.stats import summary
 from infini_onnx.runtime.progress import peak_rss_bytes, rss_bytes
+from infini_onnx.stepgraph.files import atomic_output
 
 WARMUP_CHUNKS, WARMUP_DECODE = 2, 4
 
@@ -33,9 +34,9 @@ def build_system(spec: dict, threads: int):
     elif kind == "itp":
         system = systems.InfiniTransformerPytorch(spec["kwargs"], spec["chunk"], threads)
     elif kind == "llama":
-        from infini_onnx.config import InfiniConfig
+        from infini_onnx.modeldir import load_config
 
-        config = InfiniConfig.from_json_file(Path(spec["model_dir"]) / "config.json")
+        config = load_config(spec["model_dir"])
         system = systems.OrtFullAttention(Path(spec["onnx"]), config, threads)
     else:
         raise ValueError(f"unknown system type {kind!r}")
@@ -55,9 +56,8 @@ def fresh(spec: dict, threads: int, vocab: int):
 
 
 def write(out: Path, result: dict) -> None:
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
 
 
 def sweep(job: dict, out: Path) -> None:

@@ -1,13 +1,13 @@
-"""Export one segment step of a model directory to the ONNX step graph (SPEC section 3)."""
+"""Export one segment step of a model directory to the ONNX step graph (docs/design.md)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -15,13 +15,14 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from infini_onnx import contract
-from infini_onnx.errors import InfiniError
-from infini_onnx.export.files import atomic_output, data_file_name
+from infini_onnx import modeldir
+from infini_onnx.errors import InfiniError, ValidationError
 from infini_onnx.export.finalize import finalize
-from infini_onnx.export.progress import stage
-from infini_onnx.model import InfiniLlamaForCausalLM, from_pretrained
-from infini_onnx.model.io import TOKENIZER
+from infini_onnx.export.stages import stage
+from infini_onnx.model import InfiniLlamaForCausalLM
+from infini_onnx.stepgraph.files import atomic_output, data_file_name
+from infini_onnx.stepgraph.metadata import StepGraphInfo
+from infini_onnx.stepgraph.names import CACHE_INPUTS, INPUT_NAMES, MEMORY_INPUTS, OUTPUT_NAMES
 
 DEFAULT_OPSET = 18  # ONNX Runtime >= 1.15 loads it (docs/export.md)
 MIN_OPSET = 18  # torch's exporter cannot go lower (it silently keeps 18)
@@ -109,29 +110,23 @@ def _quiet_torch():
         logger.setLevel(level)
 
 
-def trace(model: InfiniLlamaForCausalLM, opset: int) -> ir.Model:
-    """torch.onnx (dynamo) export of the step with B, T and P dynamic."""
-    # Trace with every dynamic size >= 2 (torch.export specialises 0 and 1).
-    args = example_inputs(model, batch=2, tokens=3, past=2)
-    batch, tokens, past = Dim("batch"), Dim("tokens"), Dim("past")
-    state_axes = {0: batch}
-    dynamic_shapes = {
-        "input_ids": {0: batch, 1: tokens},
-        "past_key": {0: batch, 3: past},
-        "past_value": {0: batch, 3: past},
-        "memory": state_axes,
-        "norm": state_axes,
-        "memory_acc": state_axes,
-        "norm_acc": state_axes,
-        "num_logits": None,
-    }
+def trace_module(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    dynamic_shapes: dict[str, Any],
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+) -> ir.Model:
+    """torch.onnx (dynamo) export of `module` called on `args`, torch's chatter hidden. Trace
+    with every dynamic size >= 2 (torch.export specialises 0 and 1)."""
     with _quiet_torch():
         program = torch.onnx.export(
-            StepGraph(model).eval(),
+            module.eval(),
             args,
             dynamic_shapes=dynamic_shapes,
-            input_names=list(contract.INPUT_NAMES),
-            output_names=list(contract.OUTPUT_NAMES),
+            input_names=input_names,
+            output_names=output_names,
             opset_version=opset,
             dynamo=True,
             optimize=True,
@@ -140,17 +135,19 @@ def trace(model: InfiniLlamaForCausalLM, opset: int) -> ir.Model:
     return program.model
 
 
-def metadata(model_dir: Path, model: InfiniLlamaForCausalLM, variant: str) -> dict[str, str]:
-    """The ONNX metadata of SPEC section 3 (keys in infini_onnx.contract)."""
-    props = {
-        contract.KEY_FORMAT_VERSION: str(contract.FORMAT_VERSION),
-        contract.KEY_CONFIG: json.dumps(model.config.to_dict(), sort_keys=True),
-        contract.KEY_VARIANT: variant,
-        contract.KEY_MODEL_ID: contract.model_id(model_dir),
+def trace(model: InfiniLlamaForCausalLM, opset: int) -> ir.Model:
+    """The step graph with B, T and P dynamic."""
+    batch, tokens, past = Dim("batch"), Dim("tokens"), Dim("past")
+    dynamic_shapes = {
+        "input_ids": {0: batch, 1: tokens},
+        **{name: {0: batch, 3: past} for name in CACHE_INPUTS},
+        **{name: {0: batch} for name in MEMORY_INPUTS},
+        "num_logits": None,
     }
-    if (model_dir / TOKENIZER).is_file():
-        props[contract.KEY_TOKENIZER] = (model_dir / TOKENIZER).read_text()
-    return props
+    args = example_inputs(model, batch=2, tokens=3, past=2)
+    return trace_module(
+        StepGraph(model), args, dynamic_shapes, list(INPUT_NAMES), list(OUTPUT_NAMES), opset
+    )
 
 
 def export_model(
@@ -174,12 +171,18 @@ def export_model(
     check_options(dtype, opset)
     with atomic_output(out_path) as tmp_path:
         with stage(log, f"load {model_dir} ({dtype})") as s:
-            model = from_pretrained(model_dir, dtype=DTYPES[dtype])
+            model = InfiniLlamaForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype])
             s.detail = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
         with stage(log, f"trace step graph (opset {opset})"):
             onnx_model = trace(model, opset)
         with stage(log, "finalize graph") as s:
-            n = finalize(onnx_model, opset, metadata(model_dir, model, dtype))
+            info = StepGraphInfo(
+                model.config,
+                dtype,
+                modeldir.model_id(model_dir),
+                modeldir.tokenizer_text(model_dir),
+            )
+            n = finalize(onnx_model, opset, info.to_props())
             s.detail = f"{n} memory-path nodes"
         with stage(log, "save") as s:
             weights = sum(v.const_value.nbytes for v in onnx_model.graph.initializers.values())
@@ -199,12 +202,7 @@ def export_model(
 
 
 def _validate(path: Path, model: InfiniLlamaForCausalLM, dtype: str, log, out_path: Path) -> None:
-    from infini_onnx.export.validate import (
-        ValidationError,
-        device_for,
-        format_diffs,
-        validate_export,
-    )
+    from infini_onnx.export.validate import device_for, format_diffs, validate_export  # runtime
 
     with stage(log, "validate against PyTorch in ONNX Runtime") as s:
         try:

@@ -1,4 +1,4 @@
-"""Turn the traced graph into the contract's file (SPEC section 3), in onnx_ir (any size).
+"""Turn the traced graph into a step-graph file (docs/design.md), in onnx_ir (any size).
 
 - IR version: the lowest one the opset allows, so that older ONNX Runtime builds load it
   (torch writes IR 10, which ORT < 1.17 refuses).
@@ -6,7 +6,7 @@
 - Memory-path nodes renamed with MEMORY_PREFIX.
 - Output dimensions named after the contract (`logits_len`, `present_len`) instead of the
   tracer's symbolic expressions.
-- The model metadata of SPEC section 3.
+- The model metadata (stepgraph.metadata).
 """
 
 from __future__ import annotations
@@ -15,14 +15,8 @@ import onnx
 import onnx_ir as ir
 
 from infini_onnx.errors import InfiniError
-from infini_onnx.export.memory_path import MEMORY_PREFIX, NodeRef, find_memory_path
-
-# Output -> {axis: name} for the dimensions the tracer names with expressions.
-OUTPUT_DIMS = {
-    "logits": {1: "logits_len"},
-    "present_key": {3: "present_len"},
-    "present_value": {3: "present_len"},
-}
+from infini_onnx.stepgraph.memory_path import NodeRef, find_memory_path
+from infini_onnx.stepgraph.names import MEMORY_PREFIX, OUTPUT_DIMS
 
 
 def finalize(model: ir.Model, opset: int, metadata: dict[str, str]) -> int:

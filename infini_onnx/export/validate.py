@@ -2,8 +2,9 @@
 
 The stream (batch 2, different tokens per row): one whole-segment call (P = 0, T = N), a
 partial segment (T = N - 3), then token-by-token decoding across the next segment boundary.
-ONNX Runtime runs the graph through the runtime's loop (`InfiniModel.step`, SPEC section 3); the
-reference is the model's `forward`, which splits and rolls the state by itself.
+ONNX Runtime runs the graph through the runtime's public API (a StreamBatch, whose calls go
+through the one runtime loop); the reference is the model's `forward`, which splits and rolls the
+state by itself.
 """
 
 from __future__ import annotations
@@ -14,17 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infini_onnx.errors import InfiniError
+from infini_onnx.errors import NonFiniteError, ValidationError
 from infini_onnx.model import InfiniLlamaForCausalLM, StreamState
-from infini_onnx.runtime import InfiniModel, NonFiniteError
-from infini_onnx.runtime.state import TENSORS as STATE_NAMES
+from infini_onnx.runtime import InfiniModel, Stream, StreamBatch
+from infini_onnx.stepgraph.names import MEMORY_INPUTS, STATE_TENSORS
 
-RELATIVE = frozenset(STATE_NAMES[:4])  # compared relative to their largest reference value
+RELATIVE = frozenset(MEMORY_INPUTS)  # compared relative to their largest reference value
 DECODE_TOKENS = 6
-
-
-class ValidationError(InfiniError):
-    """The exported graph disagrees with the PyTorch reference."""
 
 
 @dataclass(frozen=True)
@@ -48,15 +45,15 @@ def stream_chunks(segment_len: int) -> list[int]:
 def onnx_stream(
     model: InfiniModel, input_ids: np.ndarray, chunks: list[int]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Run `input_ids` [B, S] through the runtime's loop (`InfiniModel.step`) in calls of
-    `chunks` tokens: all logits [B, S, V] and the final state on the host."""
-    state, logits, start = model.new_state(input_ids.shape[0]), [], 0
+    """Run `input_ids` [B, S] through a StreamBatch in calls of `chunks` tokens (each fits the
+    segment, so each is one graph call): all logits [B, S, V] and the final state on the host."""
+    batch = StreamBatch([Stream(model) for _ in range(input_ids.shape[0])])
+    logits, start = [], 0
     for take in chunks:
-        out, state = model.step(state, input_ids[:, start : start + take], num_logits=take)
-        logits.append(out)
+        logits.append(batch.feed(input_ids[:, start : start + take], all_logits=True))
         start += take
-    host = model.to_host(state)
-    return np.concatenate(logits, axis=1), {name: host[name] for name in STATE_NAMES}
+    host = batch.state.to_host()
+    return np.concatenate(logits, axis=1), {name: host[name] for name in STATE_TENSORS}
 
 
 @torch.no_grad()
@@ -71,7 +68,7 @@ def torch_stream(
         out, state = model(ids[:, start : start + take], state)
         logits.append(out)
         start += take
-    as_np = {name: getattr(state, name).float().numpy() for name in STATE_NAMES}
+    as_np = {name: getattr(state, name).float().numpy() for name in STATE_TENSORS}
     return torch.cat(logits, dim=1).float().numpy(), as_np
 
 
@@ -83,7 +80,7 @@ def compare(
     """Max differences (absolute for logits and cache, relative for memory/norm) and failures."""
     diffs, failures = {}, []
     pairs = [("logits", ref[0], got[0])]
-    pairs += [(name, ref[1][name], got[1][name]) for name in STATE_NAMES]
+    pairs += [(name, ref[1][name], got[1][name]) for name in STATE_TENSORS]
     for name, r, g in pairs:
         if r.shape != g.shape:
             failures.append(f"{name} shape {list(g.shape)}, expected {list(r.shape)}")

@@ -1,30 +1,34 @@
-"""The reference infini-llama model in PyTorch (SPEC section 1).
+"""The reference infini-llama model in PyTorch (docs/design.md, "The model").
 
 Shapes: B batch, T new tokens, P tokens of the current segment already cached, H query heads,
 G key/value heads, d head_dim, L layers, D hidden size.
 
 The one primitive is `step`: it runs T new tokens of the current segment against the cached
-P tokens and the memory, exactly the ONNX step graph of SPEC section 3. `forward` runs any
+P tokens and the memory, exactly the ONNX step graph (docs/design.md). `forward` runs any
 number of tokens by calling `step` once per segment piece and rolling the state, so both
 modes share every line of math.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infini_onnx.config import InfiniConfig
+from infini_onnx import modeldir
+from infini_onnx.config import InfiniConfig, preset_config
+from infini_onnx.model import weights
 
 CLAMP_MIN = 1e-6
 
 
 @dataclass
 class StreamState:
-    """Everything a stream carries between calls (SPEC section 3), batch first."""
+    """Everything a stream carries between calls (docs/design.md, "The runtime loop")."""
 
     memory: Tensor  # [B, L, G, d, d] float32, M at the start of the current segment
     norm: Tensor  # [B, L, G, d] float32, z at the start of the current segment
@@ -130,6 +134,41 @@ class InfiniAttention(nn.Module):
         self.o_proj = nn.Linear(H * d, D, bias=False)
         self.gate = nn.Parameter(torch.zeros(H))  # beta: one scalar per query head
 
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, T, D] -> q [B, H, T, d], k [B, G, T, d], v [B, G, T, d] (before RoPE)."""
+        c = self.config
+        B, T, _ = x.shape
+        H, G, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        q = self.q_proj(x).view(B, T, H, d).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, G, d).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, G, d).transpose(1, 2)
+        return q, k, v
+
+    def local(
+        self, q: Tensor, k: Tensor, v: Tensor, past_key: Tensor, past_value: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Causal softmax attention of the T new queries over the P cached and T new keys, RoPE
+        positions counted from the cache start. Returns A_dot [B, G, r, T, d] and the cache
+        with the new keys (rotated) and values [B, G, P+T, d]."""
+        c = self.config
+        B, G, T, d = k.shape
+        P = past_key.shape[2]
+        cos, sin = rope_cos_sin(torch.arange(P, P + T, device=q.device), d, c.rope_theta)
+        present_key = torch.cat([past_key, apply_rope(k, cos, sin)], dim=2)  # [B, G, P+T, d]
+        present_value = torch.cat([past_value, v], dim=2)
+        key_pos = torch.arange(P + T, device=q.device)
+        causal = key_pos[None, :] <= (P + torch.arange(T, device=q.device))[:, None]  # [T, P+T]
+        q_rot = apply_rope(q, cos, sin).view(B, G, c.num_groups, T, d)
+        scores = (q_rot @ present_key.unsqueeze(2).transpose(-1, -2)) / d**0.5  # [B,G,r,T,P+T]
+        scores = scores.float().masked_fill(~causal, float("-inf"))
+        a_dot = scores.softmax(-1).to(v.dtype) @ present_value.unsqueeze(2)  # [B, G, r, T, d]
+        return a_dot, present_key, present_value
+
+    def output(self, a: Tensor) -> Tensor:
+        """o_proj of the heads' outputs a [B, G, r, T, d] -> [B, T, D]."""
+        B, G, r, T, d = a.shape
+        return self.o_proj(a.view(B, G * r, T, d).transpose(1, 2).reshape(B, T, G * r * d))
+
     def forward(
         self,
         x: Tensor,  # [B, T, D]
@@ -143,22 +182,9 @@ class InfiniAttention(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         c = self.config
         B, T, _ = x.shape
-        H, G, d, r = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_groups
-        P = past_key.shape[2]
-        q = self.q_proj(x).view(B, T, H, d).transpose(1, 2)  # [B, H, T, d]
-        k = self.k_proj(x).view(B, T, G, d).transpose(1, 2)  # [B, G, T, d]
-        v = self.v_proj(x).view(B, T, G, d).transpose(1, 2)  # [B, G, T, d]
-
-        # Local attention over the segment so far: RoPE with positions from the segment start.
-        cos, sin = rope_cos_sin(torch.arange(P, P + T, device=x.device), d, c.rope_theta)
-        present_key = torch.cat([past_key, apply_rope(k, cos, sin)], dim=2)  # [B, G, P+T, d]
-        present_value = torch.cat([past_value, v], dim=2)
-        key_pos = torch.arange(P + T, device=x.device)
-        causal = key_pos[None, :] <= (P + torch.arange(T, device=x.device))[:, None]  # [T, P+T]
-        q_rot = apply_rope(q, cos, sin).view(B, G, r, T, d)
-        scores = (q_rot @ present_key.unsqueeze(2).transpose(-1, -2)) / d**0.5  # [B,G,r,T,P+T]
-        scores = scores.float().masked_fill(~causal, float("-inf"))
-        a_dot = scores.softmax(-1).to(v.dtype) @ present_value.unsqueeze(2)  # [B, G, r, T, d]
+        G, d, r = c.num_key_value_heads, c.head_dim, c.num_groups
+        q, k, v = self.project(x)
+        a_dot, present_key, present_value = self.local(q, k, v, past_key, past_value)
 
         # Compressive memory, float32 whatever the model dtype; un-rotated q and k.
         sq = sigma(q.float()).view(B, G, r, T, d)
@@ -169,8 +195,7 @@ class InfiniAttention(nn.Module):
 
         g = torch.sigmoid(self.gate.float()).view(G, r, 1, 1)
         a = (g * a_mem + (1 - g) * a_dot.float()).to(x.dtype)  # [B, G, r, T, d]
-        out = self.o_proj(a.view(B, H, T, d).transpose(1, 2).reshape(B, T, H * d))
-        return out, present_key, present_value, memory_acc + d_mem, norm_acc + d_norm
+        return self.output(a), present_key, present_value, memory_acc + d_mem, norm_acc + d_norm
 
 
 class DecoderLayer(nn.Module):
@@ -188,16 +213,18 @@ class DecoderLayer(nn.Module):
             )
         )
 
+    def feed_forward(self, x: Tensor) -> Tensor:
+        """The residual MLP block (SwiGLU) of x [B, T, D]."""
+        h = self.post_attention_layernorm(x)
+        return x + self.mlp.down_proj(F.silu(self.mlp.gate_proj(h)) * self.mlp.up_proj(h))
+
     def forward(
         self, x: Tensor, *state: Tensor, write_weights: Tensor | None = None
     ) -> tuple[Tensor, ...]:
         attn_out, *new_state = self.self_attn(
             self.input_layernorm(x), *state, write_weights=write_weights
         )
-        x = x + attn_out
-        h = self.post_attention_layernorm(x)
-        x = x + self.mlp.down_proj(F.silu(self.mlp.gate_proj(h)) * self.mlp.up_proj(h))
-        return x, *new_state
+        return self.feed_forward(x + attn_out), *new_state
 
 
 class InfiniLlamaModel(nn.Module):
@@ -209,7 +236,7 @@ class InfiniLlamaModel(nn.Module):
 
 
 class InfiniLlamaForCausalLM(nn.Module):
-    """infini-llama with Hugging Face Llama parameter names (SPEC section 2)."""
+    """infini-llama with Hugging Face Llama parameter names (docs/design.md)."""
 
     def __init__(self, config: InfiniConfig):
         super().__init__()
@@ -222,6 +249,42 @@ class InfiniLlamaForCausalLM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
+
+    @classmethod
+    def from_pretrained(
+        cls, model_dir: str | Path, dtype: torch.dtype = torch.float32
+    ) -> InfiniLlamaForCausalLM:
+        """Load a model directory; every problem is one ModelDirError naming the file, tensor
+        or key."""
+        config = modeldir.load_config(model_dir)
+        with torch.device("meta"):
+            model = cls(config)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        if config.tie_word_embeddings:
+            expected.pop("lm_head.weight")
+        tensors = weights.load_checked(model_dir, expected)
+        model = model.to_empty(device="cpu")
+        model.load_state_dict({k: t.to(dtype) for k, t in tensors.items()}, strict=False)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        return model.to(dtype).eval()
+
+    def save_pretrained(
+        self,
+        model_dir: str | Path,
+        tokenizer_json: str | None = None,
+        max_shard_bytes: int | None = None,
+    ) -> None:
+        """Write config.json, the weights (sharded past max_shard_bytes) and tokenizer.json."""
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / modeldir.CONFIG).write_text(self.config.to_json())
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        if self.config.tie_word_embeddings:
+            tensors.pop("lm_head.weight")
+        weights.save_tensors(tensors, model_dir, max_shard_bytes)
+        if tokenizer_json is not None:
+            (model_dir / modeldir.TOKENIZER).write_text(tokenizer_json)
 
     def init_weights(self, seed: int = 0, std: float = 0.02) -> None:
         """Random initialisation (normal weights, unit norms, gates at 0 = an even mix)."""
@@ -250,7 +313,7 @@ class InfiniLlamaForCausalLM(nn.Module):
         num_logits: int | None = None,
         write_weights: Tensor | None = None,  # [B, T], training only (see memory_write)
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """One call of the step graph (SPEC section 3) with P + T <= segment_len.
+        """One call of the step graph (docs/design.md) with P + T <= segment_len.
 
         Returns logits [B, min(num_logits, T), V] (float32), present_key/value [B, L, G, P+T, d],
         memory_acc_out [B, L, G, d, d], norm_acc_out [B, L, G, d].
@@ -290,7 +353,7 @@ class InfiniLlamaForCausalLM(nn.Module):
         Splits the tokens at segment boundaries and calls `step` once per piece; differentiable
         through the memory across segments. Returns logits [B, S, V] ([B, 1, V] for the last
         token with last_logits_only, which skips the LM head elsewhere) and the state after the
-        last token, exactly as the step loop of SPEC section 3 leaves it. `write_weights` [B, S]
+        last token, exactly as the runtime loop leaves it (docs/design.md). `write_weights` [B, S]
         (training only) scales each token's memory write (see memory_write).
         """
         if state is None:
@@ -321,3 +384,29 @@ class InfiniLlamaForCausalLM(nn.Module):
             else:
                 state = StreamState(state.memory, state.norm, mem_acc, norm_acc, key, value)
         return (logits[-1] if last_logits_only else torch.cat(logits, dim=1)), state
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: Tensor, max_new_tokens: int, state: StreamState | None = None
+    ) -> Iterator[Tensor]:
+        """Greedy decoding: feed input_ids [B, S] (continuing `state`), then yield the most
+        likely next token [B] and feed it back, max_new_tokens times (lazily: each token is
+        fed when the next one is asked for)."""
+        logits, state = self(input_ids, state, last_logits_only=True)
+        for i in range(max_new_tokens):
+            token = logits[:, -1].argmax(-1)  # [B]
+            yield token
+            if i + 1 < max_new_tokens:
+                logits, state = self(token[:, None], state, last_logits_only=True)
+
+
+def init_model_dir(
+    out_dir: str | Path, preset: str = "tiny", seed: int = 0, **overrides
+) -> InfiniLlamaForCausalLM:
+    """Write a randomly initialised model directory with the byte-level tokenizer."""
+    from infini_onnx.tokenizer import byte_level_tokenizer
+
+    model = InfiniLlamaForCausalLM(preset_config(preset, **overrides))
+    model.init_weights(seed)
+    model.save_pretrained(out_dir, tokenizer_json=byte_level_tokenizer().to_str(pretty=True))
+    return model

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from infini_onnx.quantize.stream import segments
-from infini_onnx.runtime import InfiniModel
+from infini_onnx.quantize.segments import segments
+from infini_onnx.runtime import InfiniModel, Stream
+from infini_onnx.stepgraph.names import STATE_TENSORS
 
 
 class CarriedStateReader(CalibrationDataReader):
     """Yields the graph feeds of successive segments of `tokens`, each with the memory and norm
-    the float model (run by the runtime's loop) has written up to that segment (zero state would
+    the float model (run by a runtime Stream) has written up to that segment (zero state would
     misrepresent all but the first).
     """
 
@@ -22,11 +23,13 @@ class CarriedStateReader(CalibrationDataReader):
 
     @staticmethod
     def _walk(model: InfiniModel, tokens: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
-        state = model.new_state()
+        stream = Stream(model)
         for ids in segments(tokens, model.config.segment_len):
+            host = stream.state.to_host()
             num_logits = np.array([ids.size], np.int64)  # all positions: calibrates the LM head
-            yield {**state.graph_inputs(), "input_ids": ids, "num_logits": num_logits}
-            state = model.step(state, ids)[1]
+            state = {name: host[name] for name in STATE_TENSORS}
+            yield {**state, "input_ids": ids[None], "num_logits": num_logits}
+            stream.feed(ids)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)

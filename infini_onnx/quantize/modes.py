@@ -26,12 +26,11 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
 )
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from infini_onnx.export.memory_path import STATE_INPUTS
-from infini_onnx.quantize.graph import STATE_OUTPUTS, GraphPlan
+from infini_onnx.quantize.plan import GraphPlan
 from infini_onnx.quantize.targets import Settings
+from infini_onnx.stepgraph.names import FLOAT32_IO
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
-FLOAT32_IO = (*STATE_INPUTS, *STATE_OUTPUTS, "logits")  # fp16 keeps these float32 (SPEC 3)
 logging.getLogger("root").setLevel(logging.ERROR)  # ORT's "consider pre-processing" chatter
 
 

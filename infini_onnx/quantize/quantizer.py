@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 
-from infini_onnx import contract
-from infini_onnx.export.files import atomic_output, data_file_name
+from infini_onnx.errors import QuantizeError
 from infini_onnx.quantize import modes
+from infini_onnx.quantize.accuracy import Report, compare
 from infini_onnx.quantize.calibration import CarriedStateReader
-from infini_onnx.quantize.graph import config_of, load_step_graph, plan_graph
-from infini_onnx.quantize.report import Report, compare, file_bytes
-from infini_onnx.quantize.stream import open_model
+from infini_onnx.quantize.corpus import token_stream
+from infini_onnx.quantize.plan import load_step_graph, plan_graph
+from infini_onnx.quantize.segments import open_model
 from infini_onnx.quantize.targets import Settings
-from infini_onnx.quantize.text import token_stream
+from infini_onnx.stepgraph.files import atomic_output, data_file_name, file_bytes
 
 CALIB_SEED, EVAL_SEED = 1, 2  # generated calibration text and the held-out stream differ
 _PROTOBUF_LIMIT = 1 << 31
@@ -34,7 +35,7 @@ def quantize_model(
     The metadata is copied with `infini.variant` set to the mode. int8-static calibrates on
     `calib_segments` segments of `calib` (a text file) or of generated text.
     """
-    model, meta = load_step_graph(in_path)
+    model, info = load_step_graph(in_path)
     name_nodes(model)
     plan = plan_graph(model)
     log(
@@ -44,16 +45,16 @@ def quantize_model(
     if settings.mode == "int8":
         result = modes.int8_dynamic(model, plan, settings)
     elif settings.mode == "int8-static":
-        config = config_of(meta)
-        tokens = token_stream(meta, config, calib_segments, CALIB_SEED, calib)
-        reader = CarriedStateReader(open_model(in_path), tokens)
+        float_model = open_model(in_path)
+        tokens = token_stream(float_model, calib_segments, CALIB_SEED, calib)
+        reader = CarriedStateReader(float_model, tokens)
         result = modes.int8_static(model, plan, settings, reader)
     elif settings.mode == "int4":
         result = modes.int4(model, plan, settings)
     else:
         result = modes.fp16(model, plan)
     del result.metadata_props[:]
-    onnx.helper.set_model_props(result, {**meta, contract.KEY_VARIANT: settings.mode})
+    onnx.helper.set_model_props(result, dataclasses.replace(info, variant=settings.mode).to_props())
     return save_atomic(result, Path(out_path))
 
 
@@ -68,8 +69,8 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 def save_atomic(model: onnx.ModelProto, out_path: Path) -> Path:
     """Write out_path (and, past 2 GB, its external data file `<name>.data`) complete or not at
-    all, with the exporter's atomic output."""
-    with atomic_output(out_path) as tmp:
+    all."""
+    with atomic_output(out_path, error=QuantizeError) as tmp:
         if model.ByteSize() < _PROTOBUF_LIMIT:
             onnx.save_model(model, tmp)
         else:
@@ -86,12 +87,9 @@ def accuracy_report(
     threads: int = 0,
 ) -> Report:
     """Sizes of both files and the variant's accuracy on a held-out stream of `segments`."""
-    model = onnx.load(str(in_path), load_external_data=False)
-    meta = {p.key: p.value for p in model.metadata_props}
-    config = config_of(meta)
-    tokens = token_stream(meta, config, segments, EVAL_SEED, text)
-    variant = open_model(out_path, threads)
-    accuracy = compare(open_model(in_path, threads), variant, tokens)
+    reference, variant = open_model(in_path, threads), open_model(out_path, threads)
+    tokens = token_stream(reference, segments, EVAL_SEED, text)
+    accuracy = compare(reference, variant, tokens)
     return Report(
         variant=variant.variant,
         input_path=str(in_path),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infini_onnx.quantize.errors import QuantizeError
+from infini_onnx.errors import QuantizeError
 
 MODES = ("int8", "int8-static", "int4", "fp16")
 

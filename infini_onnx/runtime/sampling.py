@@ -2,45 +2,63 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 
-from infini_onnx.runtime.errors import InputError
+from infini_onnx.errors import InputError
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How generation picks tokens; every generate path and the CLI take this one object.
+
+    temperature 0 (or top_k 1) is greedy; top_k keeps the k most likely tokens, top_p the
+    smallest set whose probability reaches p; seed makes the draws reproducible.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def with_fields(self, **fields) -> SamplingOptions:
+        """A copy with some fields replaced (a TypeError names an unknown one)."""
+        return dataclasses.replace(self, **fields) if fields else self
 
 
 class Sampler:
-    """Samples one token per batch row; temperature 0 is greedy (argmax)."""
+    """Samples one token per batch row with the given options."""
 
-    def __init__(
-        self,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-    ):
-        if not temperature >= 0:
-            raise InputError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise InputError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {top_p}")
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.rng = np.random.default_rng(seed)
+    def __init__(self, options: SamplingOptions):
+        self.options = options
+        self.rng = np.random.default_rng(options.seed)
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """logits [B, V] -> token ids [B] int64."""
-        if self.temperature == 0 or self.top_k == 1:
+        if self.options.temperature == 0 or self.options.top_k == 1:
             return logits.argmax(-1).astype(np.int64)
         return np.array([self._sample_row(row) for row in logits], np.int64)
 
     def _sample_row(self, logits: np.ndarray) -> int:
+        o = self.options
         order = np.argsort(-logits, kind="stable")  # most likely first
-        if self.top_k is not None:
-            order = order[: self.top_k]
-        scaled = logits[order].astype(np.float64) / self.temperature
+        if o.top_k is not None:
+            order = order[: o.top_k]
+        scaled = logits[order].astype(np.float64) / o.temperature
         probs = np.exp(scaled - scaled.max())
         probs /= probs.sum()
-        if self.top_p is not None:
+        if o.top_p is not None:
             # keep the smallest prefix whose probability reaches top_p
-            keep = int(np.searchsorted(np.cumsum(probs), self.top_p)) + 1
+            keep = int(np.searchsorted(np.cumsum(probs), o.top_p)) + 1
             order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
         return int(order[self.rng.choice(len(order), p=probs)])

@@ -1,17 +1,41 @@
-"""The state a stream carries between graph calls (SPEC section 3), batch first.
+"""The state a stream carries between graph calls, and every transition of it (docs/design.md,
+"The runtime loop"): new, advanced by a call (with the commit at a segment boundary), copied
+to and from the host, joined into a batch and split again.
 
-A State is never modified: every call makes a new one. So a stream keeps its previous state
-when a call fails, and fork() is free.
+A State is never modified: every transition makes a new one. So a stream keeps its previous
+state when a call fails, and fork() is free.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-TENSORS = ("memory", "norm", "memory_acc", "norm_acc", "past_key", "past_value")
+from infini_onnx.config import InfiniConfig
+from infini_onnx.runtime.device import DeviceCalls, Outputs
+from infini_onnx.stepgraph.names import CACHE_INPUTS, STATE_TENSORS
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a model's states look like and where they live: sizes from its config, the cache
+    dtype of its graph, the device that holds the tensors."""
+
+    config: InfiniConfig
+    cache_dtype: np.dtype
+    device: DeviceCalls
+
+    def shapes(self, batch: int, cached: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shape and dtype of each state tensor."""
+        c = self.config
+        L, G, d = c.num_hidden_layers, c.num_key_value_heads, c.head_dim
+        f32 = np.dtype(np.float32)
+        matrix, vector = ((batch, L, G, d, d), f32), ((batch, L, G, d), f32)  # M and z
+        cache = ((batch, L, G, cached, d), self.cache_dtype)
+        return dict(zip(STATE_TENSORS, (matrix, vector, matrix, vector, cache, cache), strict=True))
 
 
 @dataclass(frozen=True)
@@ -25,6 +49,7 @@ class State:
     cached: int  # P: tokens of the current segment in the cache
     tokens_seen: np.ndarray  # [B] int64
     logits: np.ndarray | None  # [B, V] float32: next-token logits; None before any token
+    layout: Layout = field(repr=False, compare=False)
 
     @property
     def batch(self) -> int:
@@ -32,29 +57,87 @@ class State:
 
     def graph_inputs(self) -> dict[str, Any]:
         """The state inputs of a call, by graph input name."""
-        return {name: getattr(self, name) for name in TENSORS}
+        return {name: getattr(self, name) for name in STATE_TENSORS}
 
+    @classmethod
+    def zeros(cls, layout: Layout, batch: int = 1) -> State:
+        """A new stream's state: M = 0, z = 0, no cached tokens."""
+        host = {name: np.zeros(*spec) for name, spec in layout.shapes(batch, 0).items()}
+        host["tokens_seen"] = np.zeros(batch, np.int64)
+        return cls.from_host(layout, host)
 
-def zeros(
-    layers: int, kv_heads: int, head_dim: int, cache_dtype: np.dtype, batch: int = 1
-) -> dict[str, np.ndarray]:
-    """Host arrays of a new stream: M = 0, z = 0, no cached tokens."""
-    L, G, d = layers, kv_heads, head_dim
-    memory = np.zeros((batch, L, G, d, d), np.float32)
-    norm = np.zeros((batch, L, G, d), np.float32)
-    cache = np.zeros((batch, L, G, 0, d), cache_dtype)
-    return dict(
-        memory=memory, norm=norm, memory_acc=memory, norm_acc=norm, past_key=cache, past_value=cache
-    )
+    def advance(self, out: Outputs, tokens: int) -> State:
+        """The state after a call that took `tokens` new tokens: the cache grows by them; when
+        the segment is complete the memory commits (memory, norm <- memory_acc_out,
+        norm_acc_out) and the cache empties."""
+        seen, last = self.tokens_seen + tokens, out.logits[:, -1].copy()  # not a view of all
+        cached = self.cached + tokens
+        if cached == self.layout.config.segment_len:
+            empty = np.zeros(*self.layout.shapes(self.batch, 0)[CACHE_INPUTS[0]])
+            macc, nacc = out.memory_acc, out.norm_acc
+            return State(macc, nacc, macc, nacc, empty, empty, 0, seen, last, self.layout)
+        return State(
+            self.memory,
+            self.norm,
+            out.memory_acc,
+            out.norm_acc,
+            out.present_key,
+            out.present_value,
+            cached,
+            seen,
+            last,
+            self.layout,
+        )
 
+    def to_host(self) -> dict[str, np.ndarray]:
+        """The state as host arrays (what a state file holds)."""
+        device = self.layout.device
+        host = {name: device.to_host(v) for name, v in self.graph_inputs().items()}
+        host["tokens_seen"] = self.tokens_seen
+        if self.logits is not None:
+            host["logits"] = self.logits
+        return host
 
-def concat(host_states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Stack host tensors of several states along the batch axis (logits only if all have)."""
-    common = [k for k in host_states[0] if all(k in s for s in host_states)]
-    return {k: np.concatenate([s[k] for s in host_states]) for k in common}
+    @classmethod
+    def from_host(cls, layout: Layout, host: dict[str, np.ndarray]) -> State:
+        """A State on the layout's device from host arrays; ValueError or KeyError if a shape
+        does not fit the model."""
+        c = layout.config
+        batch, cached = len(host["tokens_seen"]), host["past_key"].shape[3]
+        expected = layout.shapes(batch, cached)
+        if "logits" in host:
+            expected["logits"] = ((batch, c.vocab_size), np.dtype(np.float32))
+        arrays = {}
+        for name, (shape, dtype) in expected.items():
+            if host[name].shape != shape:
+                raise ValueError(
+                    f"{name} has shape {list(host[name].shape)}, expected {list(shape)}"
+                )
+            arrays[name] = host[name].astype(dtype, copy=False)
+        if cached >= c.segment_len:
+            raise ValueError(f"{cached} cached tokens, segment_len is {c.segment_len}")
+        return cls(
+            **{name: layout.device.to_device(arrays[name]) for name in STATE_TENSORS},
+            cached=cached,
+            tokens_seen=host["tokens_seen"].astype(np.int64),
+            logits=arrays.get("logits"),
+            layout=layout,
+        )
 
+    @classmethod
+    def join(cls, states: Sequence[State]) -> State:
+        """One batch of several states of one layout at the same position in their segment,
+        stacked along the batch axis (logits only if all have them)."""
+        hosts = [s.to_host() for s in states]
+        common = [k for k in hosts[0] if all(k in h for h in hosts)]
+        return cls.from_host(
+            states[0].layout, {k: np.concatenate([h[k] for h in hosts]) for k in common}
+        )
 
-def split(host_state: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """One host state per batch row (each keeps its batch axis of 1)."""
-    batch = len(next(iter(host_state.values())))
-    return [{k: v[i : i + 1] for k, v in host_state.items()} for i in range(batch)]
+    def split(self) -> list[State]:
+        """One state per batch row (each keeps its batch axis of 1)."""
+        host = self.to_host()
+        return [
+            State.from_host(self.layout, {k: v[i : i + 1] for k, v in host.items()})
+            for i in range(self.batch)
+        ]

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from infini_onnx.runtime.errors import StateFileError
+from infini_onnx.errors import StateFileError
+from infini_onnx.stepgraph.files import atomic_output
 
 STATE_FORMAT = "infini-stream-state"
 STATE_VERSION = "1"
@@ -35,8 +34,7 @@ def _checksum(header: dict, data: bytes | memoryview) -> str:
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]):
-    """Write tensors and string metadata atomically (temporary file, fsync, rename)."""
-    path = Path(path)
+    """Write tensors and string metadata atomically (stepgraph.files.atomic_output)."""
     header: dict = {"__metadata__": dict(metadata)}
     blobs, offset = [], 0
     for name, array in tensors.items():
@@ -52,32 +50,8 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata
     header["__metadata__"]["checksum"] = _checksum(header, data)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(text)) + text + data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise StateFileError(f"{path}: cannot write ({e.strerror or e})") from None
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (not possible on every platform: then it is skipped)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_output(path, error=StateFileError) as tmp:
+        tmp.write_bytes(struct.pack("<Q", len(text)) + text + data)
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

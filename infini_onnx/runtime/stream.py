@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from infini_onnx.runtime import state as st
-from infini_onnx.runtime import statefile, text
-from infini_onnx.runtime.errors import InputError
-from infini_onnx.runtime.sampling import Sampler
+from infini_onnx.errors import InputError, StateFileError
+from infini_onnx.runtime import statefile, textio
+from infini_onnx.runtime.sampling import Sampler, SamplingOptions
+from infini_onnx.runtime.session import InfiniModel
 from infini_onnx.runtime.state import State
-
-if TYPE_CHECKING:
-    from infini_onnx.runtime.model import InfiniModel
 
 Tokens = np.ndarray | Iterable[int] | Iterable[Iterable[int]]
 """Token ids: an array or sequence of ids, or an iterable of such chunks (read lazily)."""
@@ -79,7 +75,27 @@ class _Streams:
 
 
 class Stream(_Streams):
-    """One token stream over an InfiniModel: constant memory and per-token cost at any length."""
+    """One token stream over an InfiniModel: constant memory and per-token cost at any length.
+
+    Stream(model) starts an empty stream; Stream.load(model, path) resumes a saved one.
+    """
+
+    def __init__(self, model: InfiniModel, state: State | None = None):
+        super().__init__(model, State.zeros(model.layout) if state is None else state)
+
+    @classmethod
+    def load(cls, model: InfiniModel, path: str | Path) -> Stream:
+        """A stream from a state file written by `Stream.save` for this model."""
+        host = statefile.load_state(path, model.model_id)
+        if not all(np.isfinite(a).all() for a in host.values()):
+            raise StateFileError(f"{path}: NaN or inf in the saved state")
+        try:
+            state = State.from_host(model.layout, host)
+        except (KeyError, ValueError) as e:
+            raise StateFileError(f"{path}: not a state of this model ({e})") from None
+        if state.batch != 1:
+            raise StateFileError(f"{path}: a batch of {state.batch} streams")
+        return cls(model, state)
 
     @property
     def tokens_seen(self) -> int:
@@ -101,28 +117,28 @@ class Stream(_Streams):
     def feed_text(self, text_or_chunks: str | Iterable[str], *, all_logits: bool = False):
         """Tokenize and feed a text, or an iterable of text chunks (e.g. a file read in blocks)."""
         return self.feed(
-            text.encode_chunks(self._model.tokenizer, text_or_chunks), all_logits=all_logits
+            textio.encode_chunks(self._model.tokenizer, text_or_chunks), all_logits=all_logits
         )
 
     def generate(
         self,
         prompt: str | Tokens | None = None,
         max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        *,
         stop: Iterable[int] | None = None,
-        seed: int | None = None,
+        sampling: SamplingOptions | None = None,
+        **options,
     ) -> Iterator[int]:
         """Yield new tokens as they come. The prompt (text or ids) is fed first, folded into
         memory whatever its length; without one, generation continues the stream (a new stream
         starts from bos). Stops after max_new_tokens or a token of `stop` (default: eos),
-        which is yielded. temperature 0 is greedy."""
-        sampler = Sampler(temperature, top_k, top_p, seed)
+        which is yielded. `sampling` (default SamplingOptions()), or its fields as keywords
+        (temperature=0 is greedy, top_k, top_p, seed)."""
+        sampler = Sampler((sampling or SamplingOptions()).with_fields(**options))
         if max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if isinstance(prompt, str):
-            prompt = text.encode(self._model.tokenizer, prompt)
+            prompt = textio.encode(self._model.tokenizer, prompt)
         elif prompt is None and self._state.logits is None:
             prompt = [self._model.config.bos_token_id]
         stops = {self._model.config.eos_token_id} if stop is None else set(stop)
@@ -140,7 +156,7 @@ class Stream(_Streams):
         """generate() decoded to text pieces as they come (needs the model's tokenizer)."""
         if self._model.tokenizer is None:
             raise InputError("this model has no tokenizer in its metadata: use generate()")
-        decoder = text.TextDecoder(self._model.tokenizer)
+        decoder = textio.TextDecoder(self._model.tokenizer)
         tokens = self.generate(prompt, **options)
 
         def pieces() -> Iterator[str]:
@@ -154,7 +170,7 @@ class Stream(_Streams):
 
     def reset(self) -> None:
         """Back to an empty stream."""
-        self._state = self._model.new_state()
+        self._state = State.zeros(self._model.layout)
 
     def fork(self) -> Stream:
         """An independent copy at the same point (free: states are never modified)."""
@@ -162,16 +178,30 @@ class Stream(_Streams):
 
     def save(self, path: str | Path) -> None:
         """Write the state atomically (see docs/runtime.md for the format)."""
-        statefile.save_state(
-            path, self._model.to_host(self._state), self._model.model_id, self._model.variant
-        )
+        statefile.save_state(path, self._state.to_host(), self._model.model_id, self._model.variant)
 
 
 class StreamBatch(_Streams):
     """B streams at the same position in their segment, advanced by one call per step.
 
-    Results equal running the streams one by one (to float rounding of batched kernels).
+    StreamBatch(streams) joins them (they must be at the same position in their segment);
+    `split()` gives them back. Results equal running the streams one by one (to float rounding
+    of batched kernels).
     """
+
+    def __init__(self, streams: Sequence[Stream]):
+        if not streams:
+            raise InputError("batch of no streams")
+        model = streams[0].model
+        if any(s.model is not model for s in streams):
+            raise InputError("streams of another model cannot join this batch")
+        positions = {s.state.cached for s in streams}
+        if len(positions) > 1:
+            raise InputError(
+                f"streams of a batch must be at the same position in their segment, got "
+                f"{sorted(positions)} (tokens_seen mod segment_len {model.config.segment_len})"
+            )
+        super().__init__(model, State.join([s.state for s in streams]))
 
     @property
     def tokens_seen(self) -> list[int]:
@@ -186,20 +216,16 @@ class StreamBatch(_Streams):
         return self._ingest((self._validated(c, B) for c in chunks), all_logits)
 
     def generate(
-        self,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
+        self, max_new_tokens: int = 64, *, sampling: SamplingOptions | None = None, **options
     ) -> Iterator[np.ndarray]:
-        """Yield the next token of every stream [B] per step (no stop tokens: all rows go on)."""
-        return self._decode(Sampler(temperature, top_k, top_p, seed), max_new_tokens)
+        """Yield the next token of every stream [B] per step (no stop tokens: all rows go on).
+        Sampling as for Stream.generate."""
+        sampler = Sampler((sampling or SamplingOptions()).with_fields(**options))
+        return self._decode(sampler, max_new_tokens)
 
     def split(self) -> list[Stream]:
         """The streams of the batch, each on its own again."""
-        host = self._model.to_host(self._state)
-        return [Stream(self._model, self._model.from_host(h)) for h in st.split(host)]
+        return [Stream(self._model, state) for state in self._state.split()]
 
 
 def _chunks(tokens: Tokens) -> Iterator[object]:

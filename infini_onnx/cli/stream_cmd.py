@@ -1,21 +1,23 @@
-"""`infini-stream MODEL.onnx [FILE|-]` (also `infini stream`) and `infini generate`."""
+"""`infini-stream MODEL.onnx [FILE|-]` (also `infini stream`) and `infini generate`.
+
+Runtime only (numpy, onnxruntime, tokenizers), imported when a command runs.
+"""
 
 from __future__ import annotations
 
 import functools
 import sys
 from collections.abc import Callable, Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from infini_onnx.cli_utils import one_line_errors
-from infini_onnx.runtime.errors import InputError
-from infini_onnx.runtime.graph import DEVICES
-from infini_onnx.runtime.model import InfiniModel
-from infini_onnx.runtime.progress import Progress
-from infini_onnx.runtime.stream import Stream
-from infini_onnx.runtime.text import encode_chunks
+from infini_onnx.cli.common import one_line_errors
+from infini_onnx.devices import DEVICES
+from infini_onnx.errors import InputError
+
+if TYPE_CHECKING:
+    from infini_onnx.runtime import InfiniModel, SamplingOptions, Stream
 
 BLOCK_CHARS = 1 << 16  # text read and tokenized per chunk
 
@@ -34,6 +36,7 @@ def _model_options(fn: Callable) -> Callable:
 
 
 def _generation_options(fn: Callable) -> Callable:
+    """--prompt and the fields of SamplingOptions, gathered into `sampling` by _sampling."""
     options = [
         click.option("--prompt", default=None, help="Text fed before generating."),
         click.option(
@@ -46,18 +49,28 @@ def _generation_options(fn: Callable) -> Callable:
     return functools.reduce(lambda f, option: option(f), reversed(options), fn)
 
 
-def _open_stream(model_path: str, device: str, threads: int | None, resume: str | None):
+def _sampling(options: dict) -> SamplingOptions:
+    from infini_onnx.runtime import SamplingOptions
+
+    return SamplingOptions(**options)
+
+
+def _open_stream(
+    model_path: str, device: str, threads: int | None, resume: str | None
+) -> tuple[InfiniModel, Stream]:
+    from infini_onnx.runtime import InfiniModel, Stream
+
     model = InfiniModel(model_path, device=device, threads=threads)
-    return model, (model.load_stream(resume) if resume else model.stream())
+    return model, (Stream.load(model, resume) if resume else Stream(model))
 
 
 def _text_blocks(f: TextIO) -> Iterator[str]:
     return iter(lambda: f.read(BLOCK_CHARS), "")
 
 
-def _generate(stream: Stream, n: int, prompt: str | None, **sampling) -> None:
+def _generate(stream: Stream, n: int, prompt: str | None, sampling: SamplingOptions) -> None:
     """Write generated text to stdout as it comes."""
-    for piece in stream.generate_text(prompt, max_new_tokens=n, **sampling):
+    for piece in stream.generate_text(prompt, max_new_tokens=n, sampling=sampling):
         click.echo(piece, nl=False)
         sys.stdout.flush()
     click.echo()
@@ -100,10 +113,14 @@ def stream_command(
     Memory stays flat whatever the length; a progress line shows tokens, tokens/s and resident
     memory. Then optionally generate, and save the state to resume later.
     """
+    from infini_onnx.runtime.progress import Progress
+    from infini_onnx.runtime.textio import encode_chunks
+
     if file is None and not (generate_n or save_state):
         raise InputError("nothing to do: give a FILE (or -), --generate N or --save-state")
     if prompt is not None and not generate_n:
         raise InputError("--prompt needs --generate N")
+    options = _sampling(sampling)
     onnx_model, stream = _open_stream(model, device, threads, resume)
     if file is not None:
         meter = Progress() if progress else None
@@ -113,7 +130,7 @@ def stream_command(
         if meter:
             meter.close()
     if generate_n:
-        _generate(stream, generate_n, prompt, **sampling)
+        _generate(stream, generate_n, prompt, options)
     _finish(stream, save_state)
 
 
@@ -133,6 +150,7 @@ def generate_command(
     **sampling,
 ) -> None:
     """Generate text from a prompt (and/or a resumed state) with MODEL.onnx."""
+    options = _sampling(sampling)
     _, stream = _open_stream(model, device, threads, resume)
-    _generate(stream, max_new_tokens, prompt, **sampling)
+    _generate(stream, max_new_tokens, prompt, options)
     _finish(stream, save_state)

@@ -1,4 +1,6 @@
-"""Model directories (SPEC section 2): config.json + safetensors (+ shards) + tokenizer.json."""
+"""The weights of a model directory: safetensors files, one or sharded (docs/design.md,
+"The model directory"). Reads and checks tensors against the shapes a model expects; writes them.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +11,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from infini_onnx.config import InfiniConfig
 from infini_onnx.errors import ModelDirError
-from infini_onnx.model.modeling import InfiniLlamaForCausalLM
-
-WEIGHTS = "model.safetensors"
-INDEX = "model.safetensors.index.json"
-TOKENIZER = "tokenizer.json"
-
-
-def load_config(model_dir: str | Path) -> InfiniConfig:
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelDirError(f"{model_dir}: not a model directory")
-    return InfiniConfig.from_json_file(model_dir / "config.json")
+from infini_onnx.modeldir import INDEX, WEIGHTS, check_dir
 
 
 def _read_safetensors(path: Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -37,8 +27,9 @@ def _read_safetensors(path: Path, names: list[str] | None = None) -> dict[str, t
         raise ModelDirError(f"{path}: truncated or corrupt safetensors file ({e})") from None
 
 
-def load_tensors(model_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
+def read_tensors(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """All tensors of the directory and a description of where they came from."""
+    model_dir = check_dir(model_dir)
     if (model_dir / WEIGHTS).is_file():
         return _read_safetensors(model_dir / WEIGHTS), str(model_dir / WEIGHTS)
     index_path = model_dir / INDEX
@@ -60,16 +51,10 @@ def load_tensors(model_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
     return tensors, str(index_path)
 
 
-def from_pretrained(model_dir: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a model directory; every problem is one ModelDirError naming the file/tensor/key."""
-    model_dir = Path(model_dir)
-    config = load_config(model_dir)
-    tensors, source = load_tensors(model_dir)
-    with torch.device("meta"):
-        model = InfiniLlamaForCausalLM(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        expected.pop("lm_head.weight")
+def load_checked(model_dir: str | Path, expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """The directory's tensors, exactly the names and shapes of `expected`, all floating
+    point; any difference is one ModelDirError naming the file, tensor and shape."""
+    tensors, source = read_tensors(model_dir)
     for name, shape in expected.items():
         if name not in tensors:
             raise ModelDirError(f"{source}: missing tensor {name!r}")
@@ -83,40 +68,21 @@ def from_pretrained(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
         raise ModelDirError(f"{source}: unexpected tensor {unexpected[0]!r}")
-    model = model.to_empty(device="cpu")
-    model.load_state_dict({k: t.to(dtype) for k, t in tensors.items()}, strict=False)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model.to(dtype).eval()
+    return tensors
 
 
-def save_pretrained(
-    model: InfiniLlamaForCausalLM,
-    model_dir: str | Path,
-    tokenizer_json: str | None = None,
-    max_shard_bytes: int | None = None,
+def save_tensors(
+    tensors: dict[str, torch.Tensor], model_dir: Path, max_shard_bytes: int | None = None
 ) -> None:
-    """Write config.json, the weights (sharded past max_shard_bytes) and tokenizer.json."""
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.json").write_text(model.config.to_json())
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        tensors.pop("lm_head.weight")
+    """model.safetensors, or shards of at most max_shard_bytes and their index."""
     if max_shard_bytes is None:
         save_file(tensors, str(model_dir / WEIGHTS), metadata={"format": "pt"})
-    else:
-        _save_shards(tensors, model_dir, max_shard_bytes)
-    if tokenizer_json is not None:
-        (model_dir / TOKENIZER).write_text(tokenizer_json)
-
-
-def _save_shards(tensors: dict[str, torch.Tensor], model_dir: Path, max_bytes: int) -> None:
+        return
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, t in tensors.items():
         nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_bytes:
+        if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
             size = 0
         shards[-1][name] = t
@@ -129,17 +95,3 @@ def _save_shards(tensors: dict[str, torch.Tensor], model_dir: Path, max_bytes: i
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (model_dir / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-
-
-def init_model_dir(
-    out_dir: str | Path, preset: str = "tiny", seed: int = 0, **overrides
-) -> InfiniLlamaForCausalLM:
-    """Write a randomly initialised model directory with the byte-level tokenizer."""
-    from infini_onnx.config import preset_config
-    from infini_onnx.tokenizer import byte_level_tokenizer
-
-    config = preset_config(preset, **overrides)
-    model = InfiniLlamaForCausalLM(config)
-    model.init_weights(seed)
-    save_pretrained(model, out_dir, tokenizer_json=byte_level_tokenizer().to_str(pretty=True))
-    return model

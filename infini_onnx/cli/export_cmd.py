@@ -6,7 +6,7 @@ import time
 
 import click
 
-from infini_onnx.cli_utils import one_line_errors
+from infini_onnx.cli.common import one_line_errors
 
 
 @click.command("export")

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from tokenizers import Tokenizer
 
-from infini_onnx.runtime.errors import InputError
+from infini_onnx.errors import InputError
 
 INCOMPLETE = "\ufffd"  # what decoding yields for the first bytes of an unfinished character
 MAX_HELD = 8  # tokens held back at most while a character is incomplete

@@ -1,9 +1,9 @@
-"""Find and name the Infini-attention memory path of a step graph (needs only `onnx`).
+"""Find and name the Infini-attention memory path of a step graph (pure Python).
 
 The memory path is the float32 math on the compressive memory: the feature map sigma
 (Elu + 1), the reads and writes with M and z, the accumulators and the gate mix. Quantisers
-must keep it float (NOTES.md), so the exporter prefixes those nodes' names with
-MEMORY_PREFIX and `memory_node_names` lists them.
+must keep it float (docs/design.md, "The memory-path rule"), so the exporter prefixes those
+nodes' names with MEMORY_PREFIX and `memory_node_names` lists them.
 
 Rule: start from the state inputs `memory`, `norm`, `memory_acc`, `norm_acc` and from every
 Elu output, and follow data flow forward. The walk does not enter Shape/Size (shape-only use)
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import onnx
+from infini_onnx.stepgraph.names import MEMORY_INPUTS, MEMORY_PREFIX
 
-MEMORY_PREFIX = "infini_memory/"
-STATE_INPUTS = ("memory", "norm", "memory_acc", "norm_acc")
+if TYPE_CHECKING:
+    import onnx
+
 _SEED_OPS = frozenset({"Elu"})
 _SHAPE_OPS = frozenset({"Shape", "Size"})
 _WEIGHT_OPS = frozenset({"MatMul", "Gemm", "MatMulNBits", "MatMulInteger", "QLinearMatMul"})
@@ -42,7 +44,7 @@ def find_memory_path(nodes: Sequence[NodeRef], constants: Iterable[str]) -> list
         for name in node.inputs:
             consumers.setdefault(name, []).append(i)
     seeds = [i for i, n in enumerate(nodes) if n.op_type in _SEED_OPS]
-    frontier = [i for name in STATE_INPUTS for i in consumers.get(name, [])] + seeds
+    frontier = [i for name in MEMORY_INPUTS for i in consumers.get(name, [])] + seeds
     found: set[int] = set()
     while frontier:
         i = frontier.pop()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from infini_onnx.cli_utils import one_line_errors
+from infini_onnx.cli.common import one_line_errors
 
 
 @click.command("quantize")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from infini_onnx.cli_utils import one_line_errors
+from infini_onnx.cli.common import one_line_errors
 from infini_onnx.errors import InfiniError
 
 NEEDS = ("torch", "onnx", "matplotlib")  # export and plots; the [bench] extra brings them

@@ -1,4 +1,4 @@
-"""One ONNX Runtime session of the step graph (SPEC section 3) and how a call is made on a device.
+"""How a call of the step graph is made on a device, and where the state tensors live.
 
 State tensors are opaque "device values": numpy arrays on the CPU, OrtValues in GPU memory with
 CUDA/TensorRT (IO binding, so memory and cache never travel through the host between calls).
@@ -13,17 +13,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from infini_onnx import contract
-from infini_onnx.runtime.errors import DeviceError
+from infini_onnx.devices import DEVICES, PROVIDERS
+from infini_onnx.errors import DeviceError
+from infini_onnx.stepgraph.names import OUTPUT_NAMES
 
-DEVICES = ("cpu", "cuda", "tensorrt")
-PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-STATE_INPUTS = ("past_key", "past_value", "memory", "norm", "memory_acc", "norm_acc")
 
 
 @dataclass(frozen=True)
@@ -71,12 +65,12 @@ def providers_for(device: str) -> list[str]:
     return PROVIDERS[device]
 
 
-class CpuGraph:
+class CpuCalls:
     """Calls on the CPU: numpy in, numpy out (onnxruntime reads numpy inputs without copying)."""
 
     def __init__(self, session: ort.InferenceSession):
         self.session = session
-        self._outputs = list(contract.OUTPUT_NAMES)
+        self._outputs = list(OUTPUT_NAMES)
 
     def run(self, input_ids: np.ndarray, num_logits: int, state: dict[str, Any]) -> Outputs:
         feeds = {**state, "input_ids": input_ids, "num_logits": np.array([num_logits], np.int64)}
@@ -101,7 +95,7 @@ class CpuGraph:
         return all(np.isfinite(a).all() for a in arrays)
 
 
-class BoundGraph:
+class BoundCalls:
     """Calls with IO binding: state inputs and outputs stay in device memory (CUDA for the
     CUDA and TensorRT providers; "cpu" runs the same code on the CPU, for tests)."""
 
@@ -121,7 +115,7 @@ class BoundGraph:
             else:
                 binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in contract.OUTPUT_NAMES[1:]:
+        for name in OUTPUT_NAMES[1:]:
             binding.bind_output(name, self.device_type, self.device_id)
         self.session.run_with_iobinding(binding)
         logits, *rest = binding.get_outputs()
@@ -140,5 +134,9 @@ class BoundGraph:
         return bool(np.isfinite(out.logits).all() and np.isfinite(out.norm_acc.numpy()).all())
 
 
-def make_graph(session: ort.InferenceSession, device: str) -> CpuGraph | BoundGraph:
-    return CpuGraph(session) if device == "cpu" else BoundGraph(session)
+DeviceCalls = CpuCalls | BoundCalls
+
+
+def device_calls(session: ort.InferenceSession, device: str) -> DeviceCalls:
+    """The way calls are made on `device` (one of DEVICES)."""
+    return CpuCalls(session) if device == "cpu" else BoundCalls(session)

@@ -1,23 +1,23 @@
-"""Reading a step graph and finding what may be quantised: weight MatMuls and the embedding.
+"""Reading an fp32 step graph and planning what may be quantised: weight MatMuls and the
+embedding.
 
-The memory path (SPEC section 1: sigma, the products with M and z, the sums, the accumulators)
-is the exporter's (`infini_onnx.export.memory_path`): everything downstream of the state inputs
-and of every sigma (Elu) node, up to the weight MatMuls. It stays float32 in every variant.
+The memory path (sigma, the products with M and z, the sums, the accumulators) is found by the
+rule of `infini_onnx.stepgraph.memory_path`: everything downstream of the memory inputs and of
+every sigma (Elu) node, up to the weight MatMuls. It stays float32 in every variant.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
-from infini_onnx import contract
-from infini_onnx.export.memory_path import memory_node_names
-from infini_onnx.quantize.errors import QuantizeError
+from infini_onnx.errors import ModelFileError, QuantizeError
+from infini_onnx.stepgraph.memory_path import memory_node_names
+from infini_onnx.stepgraph.metadata import StepGraphInfo, check_io
+from infini_onnx.stepgraph.names import MEMORY_OUTPUTS
 
-STATE_OUTPUTS = ("memory_acc_out", "norm_acc_out")
 QUANTIZED_OPS = frozenset(
     {
         "QuantizeLinear",
@@ -44,7 +44,7 @@ class GraphPlan:
     norm_statistics: frozenset[str]  # RMSNorm's mean(x^2) .. rsqrt chains (float32 in fp16)
 
 
-def load_step_graph(path: str | Path) -> tuple[onnx.ModelProto, dict[str, str]]:
+def load_step_graph(path: str | Path) -> tuple[onnx.ModelProto, StepGraphInfo]:
     """Load an fp32 step graph and its metadata; refuse anything else with one clear line."""
     path = Path(path)
     if not path.is_file():
@@ -53,28 +53,16 @@ def load_step_graph(path: str | Path) -> tuple[onnx.ModelProto, dict[str, str]]:
         model = onnx.load(str(path))
     except Exception as e:  # onnx raises DecodeError, ValueError, ... on garbage
         raise QuantizeError(f"{path}: not an ONNX model ({type(e).__name__})") from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    if contract.KEY_FORMAT_VERSION not in meta or contract.KEY_CONFIG not in meta:
-        raise QuantizeError(f"{path}: no infini metadata (export it with `infini export`)")
-    if meta[contract.KEY_FORMAT_VERSION] != str(contract.FORMAT_VERSION):
-        raise QuantizeError(
-            f"{path}: format version {meta[contract.KEY_FORMAT_VERSION]} is not supported "
-            f"(expected {contract.FORMAT_VERSION})"
+    try:
+        info = StepGraphInfo.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+        check_io(
+            [i.name for i in model.graph.input], [o.name for o in model.graph.output], str(path)
         )
-    variant = meta.get(contract.KEY_VARIANT, "fp32")
-    if variant != "fp32" or any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
-        raise QuantizeError(f"{path}: already a {variant} variant; quantize the fp32 export")
-    names = {i.name for i in model.graph.input}, {o.name for o in model.graph.output}
-    missing = [n for n in contract.INPUT_NAMES if n not in names[0]]
-    missing += [n for n in contract.OUTPUT_NAMES if n not in names[1]]
-    if missing:
-        raise QuantizeError(f"{path}: not a step graph (missing {missing[0]!r})")
-    return model, meta
-
-
-def config_of(meta: dict[str, str]) -> dict:
-    """The model's config.json from the metadata."""
-    return json.loads(meta[contract.KEY_CONFIG])
+    except ModelFileError as e:
+        raise QuantizeError(str(e)) from None
+    if info.variant != "fp32" or any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+        raise QuantizeError(f"{path}: already a {info.variant} variant; quantize the fp32 export")
+    return model, info
 
 
 def plan_graph(model: onnx.ModelProto) -> GraphPlan:
@@ -99,7 +87,7 @@ def plan_graph(model: onnx.ModelProto) -> GraphPlan:
     path = {n.name: n for n in graph.node if n.name in memory_names}
 
     produced = {o for node in path.values() for o in node.output}
-    if not all(o in produced for o in STATE_OUTPUTS):
+    if not all(o in produced for o in MEMORY_OUTPUTS):
         raise QuantizeError("not an infini step graph: the memory path does not reach the state")
     weight_matmuls = tuple(n.name for n in graph.node if is_weight_matmul(n))
     tables = [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in float_tables]

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from infini_onnx import contract
-from infini_onnx.quantize.errors import QuantizeError
+from infini_onnx.errors import QuantizeError
+from infini_onnx.runtime import InfiniModel
 
 _SUBJECTS = (
     "The old lighthouse keeper",
@@ -59,10 +59,9 @@ def generated_text(n_chars: int, seed: int) -> str:
     return " ".join(parts)[:n_chars]
 
 
-def encode(text: str, meta: dict[str, str], vocab_size: int) -> np.ndarray:
+def encode(text: str, tokenizer: Tokenizer | None, vocab_size: int) -> np.ndarray:
     """Token ids of `text` with the model's tokenizer (UTF-8 bytes if it has none)."""
-    if contract.KEY_TOKENIZER in meta:
-        tokenizer = Tokenizer.from_str(meta[contract.KEY_TOKENIZER])
+    if tokenizer is not None:
         ids = np.array(tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
     else:
         ids = np.frombuffer(text.encode(), np.uint8).astype(np.int64)
@@ -70,18 +69,17 @@ def encode(text: str, meta: dict[str, str], vocab_size: int) -> np.ndarray:
 
 
 def token_stream(
-    meta: dict[str, str], config: dict, n_segments: int, seed: int, path: str | Path | None = None
+    model: InfiniModel, n_segments: int, seed: int, path: str | Path | None = None
 ) -> np.ndarray:
-    """n_segments whole segments of tokens from `path`, or generated text when path is None.
-
-    A file shorter than that is repeated; one with no tokens is refused.
-    """
-    n_tokens = n_segments * config["segment_len"]
+    """n_segments whole segments of tokens for `model` from `path`, or generated text when path
+    is None. A file shorter than that is repeated; one with no tokens is refused."""
+    n_tokens = n_segments * model.config.segment_len
+    tokenizer, vocab = model.tokenizer, model.config.vocab_size
     if path is None:
-        ids = encode(generated_text(n_tokens * 2, seed), meta, config["vocab_size"])
+        ids = encode(generated_text(n_tokens * 2, seed), tokenizer, vocab)
     else:
         try:
-            ids = encode(Path(path).read_text(errors="replace"), meta, config["vocab_size"])
+            ids = encode(Path(path).read_text(errors="replace"), tokenizer, vocab)
         except OSError as e:
             raise QuantizeError(f"{path}: cannot read ({e.strerror or e})") from None
         if ids.size == 0:

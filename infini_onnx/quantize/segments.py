@@ -1,8 +1,7 @@
-"""The quantizer's streams over a step graph, through the runtime's loop (`InfiniModel.step`).
+"""The quantizer's streams over a step graph, through the runtime's public API.
 
 Every call ingests one whole segment (P = 0, T = segment_len, memory_acc bound to memory); the
-runtime commits the memory after it (SPEC section 3). Used for calibration and for the accuracy
-report.
+runtime commits the memory after it. Used for calibration and for the accuracy report.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infini_onnx.runtime import InfiniModel
-from infini_onnx.runtime.graph import session_options
+from infini_onnx.runtime import InfiniModel, Stream, session_options
 
 
 @dataclass
@@ -35,16 +33,17 @@ def open_model(path: str | Path, threads: int | None = None) -> InfiniModel:
 
 
 def segments(tokens: np.ndarray, segment_len: int) -> Iterator[np.ndarray]:
-    """The whole segments of a token stream as [1, segment_len] int64 input_ids (a trailing
-    partial segment is dropped)."""
+    """The whole segments of a token stream as [segment_len] int64 ids (a trailing partial
+    segment is dropped)."""
     for start in range(0, tokens.size - segment_len + 1, segment_len):
-        yield tokens[start : start + segment_len].reshape(1, -1).astype(np.int64)
+        yield tokens[start : start + segment_len].astype(np.int64)
 
 
-def stream(model: InfiniModel, tokens: np.ndarray) -> Iterator[SegmentResult]:
-    """Run `tokens` through the graph one whole segment per call, carrying the memory. Raises
+def stream_segments(model: InfiniModel, tokens: np.ndarray) -> Iterator[SegmentResult]:
+    """Run `tokens` through a Stream one whole segment per call, carrying the memory. Raises
     the runtime's NonFiniteError if NaN or inf appears."""
-    state = model.new_state()
+    stream = Stream(model)
     for ids in segments(tokens, model.config.segment_len):
-        logits, state = model.step(state, ids, num_logits=ids.size)
-        yield SegmentResult(logits[0], state.memory, state.norm)
+        logits = stream.feed(ids, all_logits=True)
+        host = stream.state.to_host()
+        yield SegmentResult(logits, host["memory"], host["norm"])

@@ -1,0 +1,51 @@
+"""The `infini` command: one subcommand per stage of the pipeline, each in its own module.
+
+The group loads a subcommand's module only when that subcommand (or the group's help) needs
+it, and those modules import their stage only inside the command: `infini --help` loads click
+and nothing heavy, `infini stream` never loads torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> "module:attribute" of the click command
+COMMANDS = {
+    "init": "infini_onnx.cli.init_cmd:init_command",
+    "export": "infini_onnx.cli.export_cmd:export_command",
+    "quantize": "infini_onnx.cli.quantize_cmd:quantize_command",
+    "stream": "infini_onnx.cli.stream_cmd:stream_command",
+    "generate": "infini_onnx.cli.stream_cmd:generate_command",
+    "demo": "infini_onnx.cli.demo_cmd:demo_group",
+    "bench": "infini_onnx.cli.bench_cmd:bench_command",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="infini-onnx")
+def main() -> None:
+    """Infini-attention models over unbounded streams with ONNX Runtime.
+
+    \b
+    Stages:
+      init      write a randomly initialised model directory (no download)
+      export    MODEL_DIR -> OUT.onnx step graph (needs the [export] extra)
+      quantize  OUT.onnx -> int8 / int4 / fp16 variant
+      stream    stream text of any length through an .onnx model
+      generate  generate text from a prompt
+    """

@@ -1,0 +1,36 @@
+"""`infini init OUT_DIR`: a randomly initialised model directory (needs the [export] extra)."""
+
+from __future__ import annotations
+
+import click
+
+from infini_onnx.cli.common import one_line_errors
+from infini_onnx.config import MEMORY_UPDATES, PRESETS
+
+
+@click.command("init")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True)
+@click.option(
+    "--memory-update",
+    type=click.Choice(MEMORY_UPDATES),
+    default=None,
+    help="Memory rule (default: the preset's, delta).",
+)
+@click.option("--segment-len", type=int, default=None, help="Override the preset's segment length.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@one_line_errors
+def init_command(
+    out_dir: str, preset: str, memory_update: str | None, segment_len: int | None, seed: int
+) -> None:
+    """Write a randomly initialised model directory with a byte-level tokenizer."""
+    from infini_onnx.model import init_model_dir
+
+    overrides = {}
+    if memory_update:
+        overrides["memory_update"] = memory_update
+    if segment_len is not None:
+        overrides["segment_len"] = segment_len
+    model = init_model_dir(out_dir, preset, seed=seed, **overrides)
+    n = sum(p.numel() for p in model.parameters())
+    click.echo(f"wrote {out_dir}: preset {preset}, {n / 1e6:.2f}M parameters")

@@ -1,0 +1,47 @@
+"""The `infini` group: every command listed, and each loads only what it runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from infini_onnx.cli import COMMANDS
+
+HEAVY = {"torch", "onnx", "onnx_ir", "onnxscript", "onnxruntime", "numpy", "tokenizers",
+         "safetensors", "matplotlib"}  # fmt: skip
+
+
+def run_infini(*args: str) -> tuple[str, set[str]]:
+    """`infini ARGS` in a fresh interpreter: its output and the heavy packages it loaded."""
+    code = (
+        "import sys\n"
+        "from infini_onnx.cli import main\n"
+        "try:\n"
+        f"    main({list(args)!r})\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print('LOADED', *sorted({m.split('.')[0] for m in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text, _, loaded = out.stdout.rpartition("LOADED")
+    return text, set(loaded.split()) & HEAVY
+
+
+def test_help_lists_every_command_and_loads_nothing_heavy():
+    text, loaded = run_infini("--help")
+    assert loaded == set()
+    listed = [line.split()[0] for line in text.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == list(COMMANDS)
+
+
+def test_init_loads_neither_onnx_nor_onnxruntime(tmp_path):
+    text, loaded = run_infini("init", str(tmp_path / "m"))
+    assert "wrote" in text and (tmp_path / "m" / "config.json").is_file()
+    assert "torch" in loaded and not loaded & {"onnx", "onnxruntime", "onnx_ir", "matplotlib"}
+
+
+def test_stream_help_loads_no_runtime():
+    text, loaded = run_infini("stream", "--help")
+    assert "--device [cpu|cuda|tensorrt]" in text
+    assert loaded == set()
