@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from infini_onnx import demo, passkey
-from infini_onnx.config import InfiniConfig
+from infini_onnx.modeldir import load_config
 
 VARIANTS = ("fp32", "int8", "int8-static", "int4")
 CALIB_SEGMENTS = 64
@@ -41,7 +41,7 @@ def build_variants(model_dir: Path, workdir: Path, variants: list[str], eval_seg
 
     workdir.mkdir(parents=True, exist_ok=True)
     fp32 = export_model(model_dir, workdir / "fp32.onnx", validate=True)
-    segment = InfiniConfig.from_json_file(model_dir / "config.json").segment_len
+    segment = load_config(model_dir).segment_len
     calib = haystack_text(workdir / "calib.txt", CALIB_SEGMENTS * segment, 0.3, "24680")
     held_out = haystack_text(workdir / "eval.txt", eval_segments * segment, 0.6, "13579")
     built = {}

@@ -133,11 +133,13 @@ def answer_weighted_loss(
 def retrieve(model: InfiniLlamaForCausalLM, length: int, depth: float, key: str) -> str:
     """Stream a haystack through the model and greedily generate the answer's bytes."""
     device = model.lm_head.weight.device
-    *chunks, question = passkey.haystack(length, depth, key)
-    state = model.new_state(1, device)
-    for chunk in chunks:
-        _, state = model(torch.tensor([encode(chunk)], device=device), state, last_logits_only=True)
-    ids = torch.tensor([encode(question)], device=device)
+    chunks = passkey.haystack(length, depth, key)
+    state, last = model.new_state(1, device), next(chunks)
+    for chunk in chunks:  # the last chunk (the question) is the prompt of generate
+        ids = torch.tensor([encode(last)], device=device)
+        _, state = model(ids, state, last_logits_only=True)
+        last = chunk
+    ids = torch.tensor([encode(last)], device=device)
     out = [int(t) for t in model.generate(ids, len(passkey.answer(key)), state)]
     return bytes(t for t in out if t < 256).decode(errors="replace")
 
@@ -189,8 +191,8 @@ def retrieval_margin(
             needle, filler = needle.to(device), filler.to(device)
             for i, attn in enumerate(layers):
                 x = torch.cat(inputs[i :: len(layers)], dim=1)[0]  # [S, D]
-                sq = sigma(attn.q_proj(x).view(len(text), c.num_attention_heads, c.head_dim))
-                sk = sigma(attn.k_proj(x).view(len(text), c.num_key_value_heads, c.head_dim))
+                q, k, _ = attn.project(x[None])  # [1, H, S, d], [1, G, S, d]
+                sq, sk = sigma(q[0].transpose(0, 1)), sigma(k[0].transpose(0, 1))
                 sk = sk.repeat_interleave(c.num_groups, dim=1)  # [S, H, d]
                 queries = sq[-n_query:]  # [n, H, d]
                 to_needle = (queries * sk[needle].sum(0)).sum(-1)  # [n, H]

@@ -17,8 +17,8 @@ from pathlib import Path
 from infini_onnx.bench import machine
 from infini_onnx.bench.build import Models, build_models
 from infini_onnx.config import InfiniConfig
-from infini_onnx.modeldir import load_config
-from infini_onnx.stepgraph.files import file_bytes
+from infini_onnx.modeldir import WEIGHTS, load_config
+from infini_onnx.quantize.accuracy import file_bytes
 
 K = 1024
 PRESET = "small"
@@ -269,7 +269,7 @@ def _weights_bytes(spec: SystemSpec, models: Models, params: int) -> dict:
     if kind in ("ort", "llama"):  # .onnx plus its external data
         return {"bytes": file_bytes(spec.spec["onnx"]), "what": Path(spec.spec["onnx"]).name}
     if kind == "torch":
-        weights = models.model_dir / "model.safetensors"
+        weights = models.model_dir / WEIGHTS
         return {"bytes": weights.stat().st_size, "what": weights.name}
     return {"bytes": 4 * params, "what": "fp32 weights in memory (no file format)"}
 

@@ -385,7 +385,7 @@ class InfiniLlamaForCausalLM(nn.Module):
                 state = StreamState(state.memory, state.norm, mem_acc, norm_acc, key, value)
         return (logits[-1] if last_logits_only else torch.cat(logits, dim=1)), state
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self, input_ids: Tensor, max_new_tokens: int, state: StreamState | None = None
     ) -> Iterator[Tensor]:

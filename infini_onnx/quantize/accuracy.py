@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import onnx
 
 from infini_onnx.quantize.segments import stream_segments
 from infini_onnx.runtime import InfiniModel, NonFiniteError
@@ -98,3 +100,14 @@ class Report:
                 f"state {'finite' if a.state_finite else 'NOT FINITE'}"
             )
         return out
+
+
+def file_bytes(path: str | Path) -> int:
+    """Size of an .onnx file plus the external data files beside it that it names."""
+    path = Path(path)
+    total = path.stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"
+    }
+    return total + sum((path.parent / loc).stat().st_size for loc in locations)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from infini_onnx.errors import ModelFileError, QuantizeError
+from infini_onnx.errors import ModelDirError, ModelFileError, QuantizeError
 from infini_onnx.stepgraph.memory_path import memory_node_names
 from infini_onnx.stepgraph.metadata import StepGraphInfo, check_io
 from infini_onnx.stepgraph.names import MEMORY_OUTPUTS
@@ -58,7 +58,7 @@ def load_step_graph(path: str | Path) -> tuple[onnx.ModelProto, StepGraphInfo]:
         check_io(
             [i.name for i in model.graph.input], [o.name for o in model.graph.output], str(path)
         )
-    except ModelFileError as e:
+    except (ModelFileError, ModelDirError) as e:  # not a step graph, or its config is bad
         raise QuantizeError(str(e)) from None
     if info.variant != "fp32" or any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
         raise QuantizeError(f"{path}: already a {info.variant} variant; quantize the fp32 export")

@@ -10,13 +10,13 @@ import onnx
 
 from infini_onnx.errors import QuantizeError
 from infini_onnx.quantize import modes
-from infini_onnx.quantize.accuracy import Report, compare
+from infini_onnx.quantize.accuracy import Report, compare, file_bytes
 from infini_onnx.quantize.calibration import CarriedStateReader
 from infini_onnx.quantize.corpus import token_stream
 from infini_onnx.quantize.plan import load_step_graph, plan_graph
 from infini_onnx.quantize.segments import open_model
 from infini_onnx.quantize.targets import Settings
-from infini_onnx.stepgraph.files import atomic_output, data_file_name, file_bytes
+from infini_onnx.stepgraph.files import atomic_output, data_file_name
 
 CALIB_SEED, EVAL_SEED = 1, 2  # generated calibration text and the held-out stream differ
 _PROTOBUF_LIMIT = 1 << 31
@@ -53,8 +53,10 @@ def quantize_model(
         result = modes.int4(model, plan, settings)
     else:
         result = modes.fp16(model, plan)
+    props = {p.key: p.value for p in model.metadata_props}  # keys of other tools kept
+    props.update(dataclasses.replace(info, variant=settings.mode).to_props())
     del result.metadata_props[:]
-    onnx.helper.set_model_props(result, dataclasses.replace(info, variant=settings.mode).to_props())
+    onnx.helper.set_model_props(result, props)
     return save_atomic(result, Path(out_path))
 
 

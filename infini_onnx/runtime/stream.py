@@ -194,7 +194,7 @@ class StreamBatch(_Streams):
             raise InputError("batch of no streams")
         model = streams[0].model
         if any(s.model is not model for s in streams):
-            raise InputError("streams of another model cannot join this batch")
+            raise InputError("streams of another model cannot join this model's batch")
         positions = {s.state.cached for s in streams}
         if len(positions) > 1:
             raise InputError(

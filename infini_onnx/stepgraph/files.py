@@ -71,10 +71,3 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def file_bytes(path: str | Path) -> int:
-    """Size of an .onnx file plus its external data file (`data_file_name`), if it has one."""
-    path = Path(path)
-    data = path.parent / data_file_name(path)
-    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)

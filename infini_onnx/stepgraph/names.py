@@ -1,7 +1,6 @@
 """The step graph's names: tensors, metadata keys, variants (docs/design.md, "The step graph").
 
-Every stage spells these names through this module, as llama.cpp's gguf-py does through its
-constants.py. Pure Python.
+Every stage spells these names through this module. Pure Python.
 """
 
 FORMAT_VERSION = 1
@@ -9,11 +8,9 @@ FORMAT_VERSION = 1
 # Metadata keys (ONNX metadata_props, all values strings).
 KEY_FORMAT_VERSION = "infini.format_version"
 KEY_CONFIG = "infini.config"  # the whole config.json
-KEY_VARIANT = "infini.variant"  # one of VARIANTS
+KEY_VARIANT = "infini.variant"  # fp32 | fp16 | int8 | int8-static | int4
 KEY_TOKENIZER = "infini.tokenizer"  # tokenizer.json text, when the model directory has one
 KEY_MODEL_ID = "infini.model_id"  # sha256 of config and source weights: the model's identity
-
-VARIANTS = ("fp32", "fp16", "int8", "int8-static", "int4")
 
 # The compressive memory and its accumulators: float32 in every variant. The order is M, z,
 # then their accumulators (matrix, vector, matrix, vector): code may rely on it.
