@@ -6,6 +6,7 @@ Loaded and validated without torch so that the runtime and the CLI can read it a
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from infini_onnx.errors import ModelDirError
 
 MODEL_TYPE = "infini-llama"
 MEMORY_UPDATES = ("linear", "delta")
+# Sizes refused before anything is allocated (a typo such as segment_len 1e12).
+MAX_STATE_BYTES = 1 << 36  # 64 GiB per stream
+MAX_PARAMETERS = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -124,13 +128,32 @@ def _validate(c: InfiniConfig) -> None:
         raise ModelDirError(
             f"key 'memory_update' must be one of {MEMORY_UPDATES}, got {c.memory_update!r}"
         )
-    if c.rms_norm_eps <= 0:
-        raise ModelDirError(f"key 'rms_norm_eps' must be > 0, got {c.rms_norm_eps}")
-    if c.rope_theta <= 0:
-        raise ModelDirError(f"key 'rope_theta' must be > 0, got {c.rope_theta}")
+    for key in ("rms_norm_eps", "rope_theta"):
+        if not 0 < getattr(c, key) < math.inf:
+            raise ModelDirError(f"key {key!r} must be finite and > 0, got {getattr(c, key)}")
     for key in ("bos_token_id", "eos_token_id"):
         if not 0 <= getattr(c, key) < c.vocab_size:
             raise ModelDirError(f"key {key!r} must be in [0, vocab_size), got {getattr(c, key)}")
+    if state_bytes(c) > MAX_STATE_BYTES or parameter_count(c) > MAX_PARAMETERS:
+        raise ModelDirError(
+            f"sizes too large: a stream's state would take {state_bytes(c) / 2**30:,.1f} GiB "
+            f"(at most {MAX_STATE_BYTES / 2**30:g}) and the model {parameter_count(c):,} "
+            f"parameters (at most {MAX_PARAMETERS:,})"
+        )
+
+
+def state_bytes(c: InfiniConfig) -> int:
+    """float32 bytes of one stream's state at its largest: M, z, their accumulators and a full
+    segment of cache."""
+    L, G, d = c.num_hidden_layers, c.num_key_value_heads, c.head_dim
+    return 4 * L * G * (2 * d * d + 2 * d + 2 * c.segment_len * d)
+
+
+def parameter_count(c: InfiniConfig) -> int:
+    """The number of weights (the LM head counted even when tied)."""
+    D, H, G, d = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    layer = 2 * D * H * d + 2 * D * G * d + 3 * D * c.intermediate_size + H + 2 * D
+    return 2 * c.vocab_size * D + c.num_hidden_layers * layer + D
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -2,12 +2,14 @@
 
 config.json, the weights (model.safetensors, or shards listed in model.safetensors.index.json)
 and optionally tokenizer.json. The reference loader, the exporter and the demo open a model
-directory through here.
+directory through here. Every file read must be a regular file that resolves inside the
+directory (a symlink or a shard name cannot pull in a file from elsewhere).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from infini_onnx.config import InfiniConfig
@@ -28,25 +30,84 @@ def check_dir(model_dir: str | Path) -> Path:
     return model_dir
 
 
+def member(model_dir: str | Path, name: str) -> Path:
+    """model_dir/name, refused unless it is a regular file that resolves inside model_dir."""
+    model_dir = check_dir(model_dir)
+    path = model_dir / name
+    if not path.exists():
+        raise ModelDirError(f"{path}: no such file")
+    root, resolved = model_dir.resolve(), path.resolve()
+    if root not in resolved.parents:
+        raise ModelDirError(f"{path}: resolves outside the model directory ({resolved})")
+    if not resolved.is_file():
+        raise ModelDirError(f"{path}: not a regular file")
+    return path
+
+
 def load_config(model_dir: str | Path) -> InfiniConfig:
     """The validated config.json of a model directory."""
-    return InfiniConfig.from_json_file(check_dir(model_dir) / CONFIG)
+    path = check_dir(model_dir) / CONFIG
+    return InfiniConfig.from_json_file(member(model_dir, CONFIG) if path.exists() else path)
 
 
 def tokenizer_text(model_dir: str | Path) -> str | None:
-    """tokenizer.json's text, or None if the directory has none."""
-    path = Path(model_dir) / TOKENIZER
-    return path.read_text() if path.is_file() else None
+    """tokenizer.json's text (a JSON object), or None if the directory has none."""
+    if not (check_dir(model_dir) / TOKENIZER).exists():
+        return None
+    path = member(model_dir, TOKENIZER)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if not isinstance(json.loads(text), dict):
+            raise ValueError("not a JSON object")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelDirError(f"{path}: not a tokenizer.json ({e})") from None
+    return text
+
+
+def weight_index(model_dir: str | Path) -> dict[str, str]:
+    """The index's weight_map (tensor name -> shard file name), checked for its types."""
+    path = member(model_dir, INDEX)
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ModelDirError(f"{path}: invalid index ({e!r})") from None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise ModelDirError(f"{path}: invalid index (weight_map must map names to file names)")
+    return weight_map
+
+
+def weight_files(model_dir: str | Path) -> list[Path]:
+    """The files the weights are read from: model.safetensors, or the index and its shards."""
+    model_dir = check_dir(model_dir)
+    if (model_dir / WEIGHTS).exists():
+        return [member(model_dir, WEIGHTS)]
+    if not (model_dir / INDEX).exists():
+        raise ModelDirError(f"{model_dir}: missing {WEIGHTS} (or {INDEX} with shards)")
+    shards = sorted(set(weight_index(model_dir).values()))
+    for shard in shards:
+        if not (model_dir / shard).exists():
+            raise ModelDirError(f"{model_dir / shard}: missing shard listed in {INDEX}")
+    return [member(model_dir, INDEX), *(member(model_dir, shard) for shard in shards)]
+
+
+def loaded_files(model_dir: str | Path) -> list[Path]:
+    """Every file a load reads: config.json, the weight files, tokenizer.json if present."""
+    files = [member(model_dir, CONFIG), *weight_files(model_dir)]
+    if (Path(model_dir) / TOKENIZER).exists():
+        files.append(member(model_dir, TOKENIZER))
+    return files
 
 
 def model_id(model_dir: str | Path) -> str:
-    """sha256 over config.json and the weight files (names and bytes, read in blocks): the
-    model's identity across its variants."""
+    """sha256 over config.json and the weight files that are loaded (name and bytes of each,
+    read in blocks): the model's identity across its variants."""
     h = hashlib.sha256()
-    for f in sorted(check_dir(model_dir).iterdir()):
-        if f.name == CONFIG or f.name.endswith(".safetensors"):
-            h.update(f.name.encode())
-            with f.open("rb") as stream:
-                while block := stream.read(HASH_BLOCK):
-                    h.update(block)
+    files = [member(model_dir, CONFIG), *sorted(weight_files(model_dir), key=lambda p: p.name)]
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as stream:
+            while block := stream.read(HASH_BLOCK):
+                h.update(block)
     return h.hexdigest()

@@ -21,6 +21,7 @@ from infini_onnx.quantize.segments import open_model, segments, stream_segments
 from infini_onnx.quantize.targets import resolve
 from infini_onnx.runtime import State, Stream
 from infini_onnx.stepgraph import names
+from infini_onnx.stepgraph.metadata import StepGraphInfo
 
 MODES = ["int8", "int8-static", "int4", "fp16"]
 EXPECTED_OP = {
@@ -91,9 +92,11 @@ def test_variant_keeps_contract_and_metadata(mode, tiny_onnx, variants):
     session = ort.InferenceSession(variants[mode], providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     assert meta[names.KEY_VARIANT] == mode
-    assert {k: v for k, v in meta.items() if k != names.KEY_VARIANT} == {
-        k: v for k, v in source.items() if k != names.KEY_VARIANT
+    changed = (names.KEY_VARIANT, names.KEY_DIGEST)  # the digest signs the new variant
+    assert {k: v for k, v in meta.items() if k not in changed} == {
+        k: v for k, v in source.items() if k not in changed
     }
+    assert StepGraphInfo.from_props(meta, "variant").variant == mode  # the digest checks out
     types = {v.name: v.type for v in (*session.get_inputs(), *session.get_outputs())}
     assert [i.name for i in session.get_inputs()] == list(names.INPUT_NAMES)
     assert [o.name for o in session.get_outputs()] == list(names.OUTPUT_NAMES)

@@ -157,8 +157,18 @@ def test_metadata_missing_or_of_unknown_version(tiny_onnx, tmp_path):
         InfiniModel(future)
 
 
+def without_tokenizer(proto) -> None:
+    """Metadata as an export of a model directory without tokenizer.json writes it (signed)."""
+    from infini_onnx.stepgraph.metadata import StepGraphInfo
+
+    info = StepGraphInfo.from_props({p.key: p.value for p in proto.metadata_props}, "x")
+    del proto.metadata_props[:]
+    for k, v in dataclasses.replace(info, tokenizer_json=None).to_props().items():
+        proto.metadata_props.add(key=k, value=v)
+
+
 def test_model_without_tokenizer_works_on_ids(tiny_onnx, tmp_path):
-    path = edited_copy(tiny_onnx[1], tmp_path / "ids.onnx", set_metadata("infini.tokenizer", None))
+    path = edited_copy(tiny_onnx[1], tmp_path / "ids.onnx", without_tokenizer)
     model = InfiniModel(path, threads=1)
     assert model.tokenizer is None
     stream = Stream(model)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from infini_onnx.cli.common import one_line_errors
@@ -64,10 +62,14 @@ def quantize_command(
     report_path: str | None,
 ) -> None:
     """Quantize the fp32 step graph IN_PATH to OUT_PATH; memory and its math stay float32."""
+    from infini_onnx.errors import QuantizeError
     from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
     from infini_onnx.quantize.targets import resolve
+    from infini_onnx.stepgraph.files import atomic_output, check_output
 
     settings = resolve(mode, target, block_size)
+    if report_path:
+        check_output(report_path, [in_path, out_path], QuantizeError)  # before any work
     quantize_model(in_path, out_path, settings, calib, calib_segments, log=click.echo)
     click.echo(f"wrote {out_path} ({settings.mode})")
     if eval_segments > 0:
@@ -75,5 +77,6 @@ def quantize_command(
         for line in report.lines():
             click.echo(line)
         if report_path:
-            Path(report_path).write_text(report.to_json())
+            with atomic_output(report_path, QuantizeError, [in_path, out_path]) as tmp:
+                tmp.write_text(report.to_json())
             click.echo(f"wrote {report_path}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
@@ -19,7 +19,7 @@ from infini_onnx.errors import InputError
 if TYPE_CHECKING:
     from infini_onnx.runtime import InfiniModel, SamplingOptions, Stream
 
-BLOCK_CHARS = 1 << 16  # text read and tokenized per chunk
+BLOCK_BYTES = 1 << 16  # input read and tokenized per chunk
 
 
 def _model_options(fn: Callable) -> Callable:
@@ -56,16 +56,21 @@ def _sampling(options: dict) -> SamplingOptions:
 
 
 def _open_stream(
-    model_path: str, device: str, threads: int | None, resume: str | None
+    model_path: str, device: str, threads: int | None, resume: str | None, save_state: str | None
 ) -> tuple[InfiniModel, Stream]:
-    from infini_onnx.runtime import InfiniModel, Stream
+    """The model and the stream (resumed or new), once --save-state is known to be writable."""
+    from infini_onnx.runtime import InfiniModel, StateFileError, Stream
+    from infini_onnx.stepgraph.files import check_output
+
+    if save_state:
+        check_output(save_state, [model_path], StateFileError)  # before any streaming
 
     model = InfiniModel(model_path, device=device, threads=threads)
     return model, (Stream.load(model, resume) if resume else Stream(model))
 
 
-def _text_blocks(f: TextIO) -> Iterator[str]:
-    return iter(lambda: f.read(BLOCK_CHARS), "")
+def _blocks(f: BinaryIO) -> Iterator[bytes]:
+    return iter(lambda: f.read(BLOCK_BYTES), b"")
 
 
 def _generate(stream: Stream, n: int, prompt: str | None, sampling: SamplingOptions) -> None:
@@ -84,7 +89,9 @@ def _finish(stream: Stream, save_state: str | None) -> None:
 
 @click.command("stream")
 @_model_options
-@click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, allow_dash=True)
+)
 @click.option(
     "--generate",
     "generate_n",
@@ -94,6 +101,14 @@ def _finish(stream: Stream, save_state: str | None) -> None:
     help="Generate N tokens at the end.",
 )
 @_generation_options
+@click.option(
+    "--errors",
+    type=click.Choice(["strict", "replace"]),
+    default="strict",
+    show_default=True,
+    help="Invalid UTF-8 in FILE: refuse it, or replace it with U+FFFD (byte-level models "
+    "always read the bytes as they are).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @one_line_errors
 def stream_command(
@@ -105,6 +120,7 @@ def stream_command(
     file: str | None,
     generate_n: int,
     prompt: str | None,
+    errors: str,
     progress: bool,
     **sampling,
 ) -> None:
@@ -114,18 +130,18 @@ def stream_command(
     memory. Then optionally generate, and save the state to resume later.
     """
     from infini_onnx.runtime.progress import Progress
-    from infini_onnx.runtime.textio import encode_chunks
+    from infini_onnx.runtime.textio import encode_bytes
 
     if file is None and not (generate_n or save_state):
         raise InputError("nothing to do: give a FILE (or -), --generate N or --save-state")
     if prompt is not None and not generate_n:
         raise InputError("--prompt needs --generate N")
     options = _sampling(sampling)
-    onnx_model, stream = _open_stream(model, device, threads, resume)
+    onnx_model, stream = _open_stream(model, device, threads, resume, save_state)
     if file is not None:
         meter = Progress() if progress else None
-        with click.open_file(file, encoding="utf-8", errors="replace") as f:
-            chunks = encode_chunks(onnx_model.tokenizer, _text_blocks(f))
+        with click.open_file(file, "rb") as f:
+            chunks = encode_bytes(onnx_model.tokenizer, _blocks(f), errors)
             stream.feed(meter.track(chunks) if meter else chunks)
         if meter:
             meter.close()
@@ -151,6 +167,6 @@ def generate_command(
 ) -> None:
     """Generate text from a prompt (and/or a resumed state) with MODEL.onnx."""
     options = _sampling(sampling)
-    _, stream = _open_stream(model, device, threads, resume)
+    _, stream = _open_stream(model, device, threads, resume, save_state)
     _generate(stream, max_new_tokens, prompt, options)
     _finish(stream, save_state)

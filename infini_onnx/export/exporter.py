@@ -169,7 +169,7 @@ def export_model(
     """
     model_dir, out_path = Path(model_dir), Path(out_path)
     check_options(dtype, opset)
-    with atomic_output(out_path) as tmp_path:
+    with atomic_output(out_path, inputs=modeldir.loaded_files(model_dir)) as tmp_path:
         with stage(log, f"load {model_dir} ({dtype})") as s:
             model = InfiniLlamaForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype])
             s.detail = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"

@@ -26,6 +26,12 @@ from infini_onnx.model import weights
 CLAMP_MIN = 1e-6
 
 
+def wide(dtype: torch.dtype) -> torch.dtype:
+    """The precision of norms, RoPE, softmax and the memory: float32 for fp16 and fp32 models,
+    float64 for a float64 model (a true float64 reference for drift checks)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 @dataclass
 class StreamState:
     """Everything a stream carries between calls (docs/design.md, "The runtime loop")."""
@@ -42,8 +48,8 @@ class StreamState:
         cls, config: InfiniConfig, batch: int = 1, dtype=torch.float32, device=None
     ) -> StreamState:
         L, G, d = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
-        memory = torch.zeros(batch, L, G, d, d, device=device)
-        norm = torch.zeros(batch, L, G, d, device=device)
+        memory = torch.zeros(batch, L, G, d, d, dtype=wide(dtype), device=device)
+        norm = torch.zeros(batch, L, G, d, dtype=wide(dtype), device=device)
         cache = torch.zeros(batch, L, G, 0, d, dtype=dtype, device=device)
         return cls(memory, norm, memory.clone(), norm.clone(), cache, cache.clone())
 
@@ -98,16 +104,18 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
+        x32 = x.to(wide(x.dtype))
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32 * self.weight.float()).to(x.dtype)
+        return (x32 * self.weight.to(x32.dtype)).to(x.dtype)
 
 
-def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+def rope_cos_sin(
+    positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """cos, sin [T, d] for integer positions [T] (Llama's rotate_half layout)."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device)
+    exponents = torch.arange(0, head_dim, 2, dtype=dtype, device=positions.device)
     inv_freq = theta ** (-exponents / head_dim)
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, d/2]
+    freqs = positions.to(dtype)[:, None] * inv_freq[None, :]  # [T, d/2]
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
 
@@ -115,7 +123,7 @@ def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    return (x.to(cos.dtype) * cos + rotated.to(cos.dtype) * sin).to(x.dtype)
 
 
 class InfiniAttention(nn.Module):
@@ -153,14 +161,15 @@ class InfiniAttention(nn.Module):
         c = self.config
         B, G, T, d = k.shape
         P = past_key.shape[2]
-        cos, sin = rope_cos_sin(torch.arange(P, P + T, device=q.device), d, c.rope_theta)
+        positions = torch.arange(P, P + T, device=q.device)
+        cos, sin = rope_cos_sin(positions, d, c.rope_theta, wide(q.dtype))
         present_key = torch.cat([past_key, apply_rope(k, cos, sin)], dim=2)  # [B, G, P+T, d]
         present_value = torch.cat([past_value, v], dim=2)
         key_pos = torch.arange(P + T, device=q.device)
         causal = key_pos[None, :] <= (P + torch.arange(T, device=q.device))[:, None]  # [T, P+T]
         q_rot = apply_rope(q, cos, sin).view(B, G, c.num_groups, T, d)
         scores = (q_rot @ present_key.unsqueeze(2).transpose(-1, -2)) / d**0.5  # [B,G,r,T,P+T]
-        scores = scores.float().masked_fill(~causal, float("-inf"))
+        scores = scores.to(wide(scores.dtype)).masked_fill(~causal, float("-inf"))
         a_dot = scores.softmax(-1).to(v.dtype) @ present_value.unsqueeze(2)  # [B, G, r, T, d]
         return a_dot, present_key, present_value
 
@@ -186,15 +195,16 @@ class InfiniAttention(nn.Module):
         q, k, v = self.project(x)
         a_dot, present_key, present_value = self.local(q, k, v, past_key, past_value)
 
-        # Compressive memory, float32 whatever the model dtype; un-rotated q and k.
-        sq = sigma(q.float()).view(B, G, r, T, d)
+        # Compressive memory, float32 (float64 for a float64 model); un-rotated q and k.
+        f = wide(x.dtype)
+        sq = sigma(q.to(f)).view(B, G, r, T, d)
         a_mem = memory_read(sq, memory, norm)  # [B, G, r, T, d]
         d_mem, d_norm = memory_write(
-            sigma(k.float()), v.float(), memory, norm, c.memory_update, write_weights
+            sigma(k.to(f)), v.to(f), memory, norm, c.memory_update, write_weights
         )
 
-        g = torch.sigmoid(self.gate.float()).view(G, r, 1, 1)
-        a = (g * a_mem + (1 - g) * a_dot.float()).to(x.dtype)  # [B, G, r, T, d]
+        g = torch.sigmoid(self.gate.to(f)).view(G, r, 1, 1)
+        a = (g * a_mem + (1 - g) * a_dot.to(f)).to(x.dtype)  # [B, G, r, T, d]
         return self.output(a), present_key, present_value, memory_acc + d_mem, norm_acc + d_norm
 
 
@@ -337,7 +347,7 @@ class InfiniLlamaForCausalLM(nn.Module):
             norm_accs.append(z)
         if num_logits is not None:
             x = x[:, -num_logits:]  # the last min(num_logits, T) positions
-        logits = self.lm_head(self.model.norm(x)).float()
+        logits = self.lm_head(self.model.norm(x)).to(wide(x.dtype))
         stack = lambda ts: torch.stack(ts, dim=1)  # noqa: E731
         return logits, stack(keys), stack(values), stack(mem_accs), stack(norm_accs)
 

@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from infini_onnx.errors import ModelDirError
-from infini_onnx.modeldir import INDEX, WEIGHTS, check_dir
+from infini_onnx.modeldir import INDEX, WEIGHTS, weight_files, weight_index
 
 
 def _read_safetensors(path: Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -28,27 +28,18 @@ def _read_safetensors(path: Path, names: list[str] | None = None) -> dict[str, t
 
 
 def read_tensors(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """All tensors of the directory and a description of where they came from."""
-    model_dir = check_dir(model_dir)
-    if (model_dir / WEIGHTS).is_file():
-        return _read_safetensors(model_dir / WEIGHTS), str(model_dir / WEIGHTS)
-    index_path = model_dir / INDEX
-    if not index_path.is_file():
-        raise ModelDirError(f"{model_dir}: missing {WEIGHTS} (or {INDEX} with shards)")
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ModelDirError(f"{index_path}: invalid index ({e!r})") from None
+    """All tensors of the directory and a description of where they came from (the files are
+    confined to the directory: modeldir.weight_files)."""
+    files = weight_files(model_dir)
+    if files[0].name == WEIGHTS:
+        return _read_safetensors(files[0]), str(files[0])
     by_file: dict[str, list[str]] = {}
-    for name, file in weight_map.items():
+    for name, file in weight_index(model_dir).items():
         by_file.setdefault(file, []).append(name)
     tensors: dict[str, torch.Tensor] = {}
     for file, names in sorted(by_file.items()):
-        shard = model_dir / file
-        if not shard.is_file():
-            raise ModelDirError(f"{shard}: missing shard listed in {INDEX}")
-        tensors.update(_read_safetensors(shard, names))
-    return tensors, str(index_path)
+        tensors.update(_read_safetensors(Path(model_dir) / file, names))
+    return tensors, str(files[0])
 
 
 def load_checked(model_dir: str | Path, expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:

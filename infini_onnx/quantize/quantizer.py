@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from infini_onnx.errors import QuantizeError
@@ -16,7 +17,8 @@ from infini_onnx.quantize.corpus import token_stream
 from infini_onnx.quantize.plan import load_step_graph, plan_graph
 from infini_onnx.quantize.segments import open_model
 from infini_onnx.quantize.targets import Settings
-from infini_onnx.stepgraph.files import atomic_output, data_file_name
+from infini_onnx.runtime import Stream
+from infini_onnx.stepgraph.files import atomic_output, check_output, data_file_name
 
 CALIB_SEED, EVAL_SEED = 1, 2  # generated calibration text and the held-out stream differ
 _PROTOBUF_LIMIT = 1 << 31
@@ -35,7 +37,9 @@ def quantize_model(
     The metadata is copied with `infini.variant` set to the mode. int8-static calibrates on
     `calib_segments` segments of `calib` (a text file) or of generated text.
     """
+    check_output(out_path, _files_of(in_path), QuantizeError)  # before any work
     model, info = load_step_graph(in_path)
+    _check_runs(in_path, f"{in_path}: the input")
     name_nodes(model)
     plan = plan_graph(model)
     log(
@@ -57,7 +61,7 @@ def quantize_model(
     props.update(dataclasses.replace(info, variant=settings.mode).to_props())
     del result.metadata_props[:]
     onnx.helper.set_model_props(result, props)
-    return save_atomic(result, Path(out_path))
+    return save_atomic(result, Path(out_path), _files_of(in_path), settings.mode)
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -69,16 +73,34 @@ def name_nodes(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
-def save_atomic(model: onnx.ModelProto, out_path: Path) -> Path:
+def _files_of(onnx_path: str | Path) -> list[Path]:
+    """An .onnx file and its external data file: what a variant must never overwrite."""
+    return [Path(onnx_path), Path(onnx_path).parent / data_file_name(Path(onnx_path))]
+
+
+def save_atomic(
+    model: onnx.ModelProto, out_path: Path, inputs: list[Path] = (), variant: str = "variant"
+) -> Path:
     """Write out_path (and, past 2 GB, its external data file `<name>.data`) complete or not at
-    all."""
-    with atomic_output(out_path, error=QuantizeError) as tmp:
+    all, and only once the runtime has run a segment through it."""
+    with atomic_output(out_path, error=QuantizeError, inputs=inputs) as tmp:
         if model.ByteSize() < _PROTOBUF_LIMIT:
             onnx.save_model(model, tmp)
         else:
             location = data_file_name(out_path)
             onnx.save_model(model, tmp, save_as_external_data=True, location=location)
+        _check_runs(tmp, f"{out_path}: the {variant} variant (not written)")
     return out_path
+
+
+def _check_runs(path: str | Path, what: str) -> None:
+    """Load `path` in the runtime and feed it one segment; QuantizeError if anything fails."""
+    try:
+        model = open_model(path, threads=1)
+        Stream(model).feed(np.zeros(model.config.segment_len, np.int64))
+    except Exception as e:  # the runtime's errors and ONNX Runtime's, which share no base
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QuantizeError(f"{what} does not run in the runtime: {reason}") from None
 
 
 def accuracy_report(

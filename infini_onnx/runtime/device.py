@@ -7,7 +7,7 @@ CUDA/TensorRT (IO binding, so memory and cache never travel through the host bet
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -66,13 +66,29 @@ def providers_for(device: str) -> list[str]:
 
 
 class CpuCalls:
-    """Calls on the CPU: numpy in, numpy out (onnxruntime reads numpy inputs without copying)."""
+    """Calls on the CPU: numpy in, numpy out (onnxruntime reads numpy inputs without copying).
 
-    def __init__(self, session: ort.InferenceSession):
+    rowwise: run a batch one row per call. Dynamic int8 graphs quantise activations with one
+    scale over the whole batch, so a batched call would let one stream's tokens change
+    another's results; row by row every stream gets exactly what it gets alone.
+    """
+
+    def __init__(self, session: ort.InferenceSession, rowwise: bool = False):
         self.session = session
+        self.rowwise = rowwise
         self._outputs = list(OUTPUT_NAMES)
 
     def run(self, input_ids: np.ndarray, num_logits: int, state: dict[str, Any]) -> Outputs:
+        if self.rowwise and len(input_ids) > 1:
+            rows = [
+                self.run(
+                    input_ids[i : i + 1], num_logits, {k: v[i : i + 1] for k, v in state.items()}
+                )
+                for i in range(len(input_ids))
+            ]
+            return Outputs(
+                *(np.concatenate([getattr(r, f.name) for r in rows]) for f in fields(Outputs))
+            )
         feeds = {**state, "input_ids": input_ids, "num_logits": np.array([num_logits], np.int64)}
         return Outputs(*self.session.run(self._outputs, feeds))
 
@@ -137,6 +153,6 @@ class BoundCalls:
 DeviceCalls = CpuCalls | BoundCalls
 
 
-def device_calls(session: ort.InferenceSession, device: str) -> DeviceCalls:
-    """The way calls are made on `device` (one of DEVICES)."""
-    return CpuCalls(session) if device == "cpu" else BoundCalls(session)
+def device_calls(session: ort.InferenceSession, device: str, rowwise: bool = False) -> DeviceCalls:
+    """The way calls are made on `device` (one of DEVICES); rowwise: see CpuCalls."""
+    return CpuCalls(session, rowwise) if device == "cpu" else BoundCalls(session)

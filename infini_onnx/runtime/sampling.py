@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from infini_onnx.errors import InputError
+
+MIN_TEMPERATURE = 1e-6  # below it logits / temperature overflows: use 0 for greedy
 
 
 @dataclass(frozen=True)
@@ -24,16 +27,29 @@ class SamplingOptions:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise InputError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        t = self.temperature
+        if not _is_number(t) or not (t == 0 or MIN_TEMPERATURE <= t < math.inf):
+            raise InputError(
+                f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, inf), got {t!r}"
+            )
+        if self.top_k is not None and not (_is_integer(self.top_k) and self.top_k >= 1):
+            raise InputError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if self.top_p is not None and not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and not (_is_integer(self.seed) and self.seed >= 0):
+            raise InputError(f"seed must be an integer >= 0, got {self.seed!r}")
 
     def with_fields(self, **fields) -> SamplingOptions:
         """A copy with some fields replaced (a TypeError names an unknown one)."""
         return dataclasses.replace(self, **fields) if fields else self
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 class Sampler:

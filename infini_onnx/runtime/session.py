@@ -11,7 +11,9 @@ from tokenizers import Tokenizer
 from infini_onnx.errors import DeviceError, InputError, ModelFileError, NonFiniteError
 from infini_onnx.runtime import device as dev
 from infini_onnx.runtime.state import Layout, State
-from infini_onnx.stepgraph.metadata import StepGraphInfo, check_io
+from infini_onnx.stepgraph.metadata import StepGraphInfo, check_io, check_shapes
+
+ROWWISE_VARIANTS = ("int8",)  # dynamic quantisation: one activation scale per call
 
 
 class InfiniModel:
@@ -42,6 +44,8 @@ class InfiniModel:
         info = StepGraphInfo.from_props(session.get_modelmeta().custom_metadata_map, str(path))
         input_types = {i.name: i.type for i in session.get_inputs()}
         check_io(input_types, [o.name for o in session.get_outputs()], str(path))
+        shapes = {v.name: v.shape for v in (*session.get_inputs(), *session.get_outputs())}
+        check_shapes(shapes, info.config, str(path))
         if input_types["past_key"] not in dev.ORT_DTYPES:
             raise ModelFileError(f"{path}: unsupported cache type {input_types['past_key']}")
         self.config = info.config
@@ -49,7 +53,10 @@ class InfiniModel:
         self.variant: str = info.variant
         self.tokenizer: Tokenizer | None = _tokenizer(info.tokenizer_json, self.path)
         self.cache_dtype = np.dtype(dev.ORT_DTYPES[input_types["past_key"]])
-        self.layout = Layout(self.config, self.cache_dtype, dev.device_calls(session, device))
+        rowwise = info.variant in ROWWISE_VARIANTS
+        self.layout = Layout(
+            self.config, self.cache_dtype, dev.device_calls(session, device, rowwise)
+        )
 
     def __repr__(self) -> str:
         c = self.config

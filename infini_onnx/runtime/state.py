@@ -8,6 +8,7 @@ state when a call fails, and fork() is free.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,13 @@ class Layout:
         matrix, vector = ((batch, L, G, d, d), f32), ((batch, L, G, d), f32)  # M and z
         cache = ((batch, L, G, cached, d), self.cache_dtype)
         return dict(zip(STATE_TENSORS, (matrix, vector, matrix, vector, cache, cache), strict=True))
+
+    def max_file_bytes(self) -> int:
+        """The largest state file of one stream: every tensor at its largest (a cache of
+        segment_len - 1 tokens, float32), tokens_seen, logits, and a header of at most 1 MiB."""
+        shapes = self.shapes(1, self.config.segment_len - 1).values()
+        tensors = sum(math.prod(shape) * 4 for shape, _ in shapes)
+        return 8 + (1 << 20) + tensors + 8 + 4 * self.config.vocab_size
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,15 @@ class State:
         """A State on the layout's device from host arrays; ValueError or KeyError if a shape
         does not fit the model."""
         c = layout.config
-        batch, cached = len(host["tokens_seen"]), host["past_key"].shape[3]
+        tokens_seen = np.asarray(host["tokens_seen"])
+        if tokens_seen.ndim != 1 or tokens_seen.dtype.kind not in "iu":
+            raise ValueError(f"tokens_seen must be a vector of integers, got {tokens_seen!r}")
+        batch, cached = len(tokens_seen), host["past_key"].shape[3]
+        if (tokens_seen < 0).any() or (tokens_seen % c.segment_len != cached).any():
+            raise ValueError(
+                f"tokens_seen {tokens_seen.tolist()} does not fit {cached} cached tokens "
+                f"(segment_len {c.segment_len})"
+            )
         expected = layout.shapes(batch, cached)
         if "logits" in host:
             expected["logits"] = ((batch, c.vocab_size), np.dtype(np.float32))
@@ -119,7 +135,7 @@ class State:
         return cls(
             **{name: layout.device.to_device(arrays[name]) for name in STATE_TENSORS},
             cached=cached,
-            tokens_seen=host["tokens_seen"].astype(np.int64),
+            tokens_seen=tokens_seen.astype(np.int64),
             logits=arrays.get("logits"),
             layout=layout,
         )

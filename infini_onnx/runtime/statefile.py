@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ STATE_FORMAT = "infini-stream-state"
 STATE_VERSION = "1"
 DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
 CODES = {np.dtype(v): k for k, v in DTYPES.items()}
+MAX_HEADER_BYTES = 1 << 20  # a state's header is a few hundred bytes
 
 
 def _checksum(header: dict, data: bytes | memoryview) -> str:
@@ -33,8 +36,14 @@ def _checksum(header: dict, data: bytes | memoryview) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]):
-    """Write tensors and string metadata atomically (stepgraph.files.atomic_output)."""
+def write_safetensors(
+    path: str | Path,
+    tensors: dict[str, np.ndarray],
+    metadata: dict[str, str],
+    inputs: Iterable[str | Path] = (),
+) -> None:
+    """Write tensors and string metadata atomically (stepgraph.files.atomic_output), never over
+    one of `inputs`."""
     header: dict = {"__metadata__": dict(metadata)}
     blobs, offset = [], 0
     for name, array in tensors.items():
@@ -50,57 +59,92 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata
     header["__metadata__"]["checksum"] = _checksum(header, data)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    with atomic_output(path, error=StateFileError) as tmp:
+    with atomic_output(path, error=StateFileError, inputs=inputs) as tmp:
         tmp.write_bytes(struct.pack("<Q", len(text)) + text + data)
 
 
-def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read tensors and metadata, verifying the checksum; any damage is a StateFileError."""
+def read_safetensors(
+    path: str | Path, max_bytes: int | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read tensors and metadata, verifying the checksum and every header entry; any damage,
+    and a file larger than max_bytes (checked before reading it), is a StateFileError."""
     path = Path(path)
+    if path.is_dir():
+        raise StateFileError(f"{path}: is a directory, not a state file")
     if not path.is_file():
         raise StateFileError(f"{path}: no such state file")
-    raw = path.read_bytes()
     corrupt = lambda why: StateFileError(f"{path}: corrupt state file ({why})")  # noqa: E731
-    if len(raw) < 8:
-        raise corrupt("truncated header")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > len(raw) - 8:
-        raise corrupt("truncated header")
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise corrupt(f"{size:,} bytes, more than a state of this model can hold")
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise corrupt("truncated header")
+        (n,) = struct.unpack("<Q", raw)
+        if n > min(size - 8, MAX_HEADER_BYTES):
+            raise corrupt("truncated header" if n > size - 8 else "header too large")
+        text, data = f.read(n), memoryview(f.read())
     try:
-        header = json.loads(raw[8 : 8 + n])
+        header = json.loads(text)
         metadata = header["__metadata__"]
         expected = metadata["checksum"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise corrupt(f"unreadable header: {e!r}") from None
-    data = memoryview(raw)[8 + n :]
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise corrupt("metadata must map names to strings")
     if _checksum(header, data) != expected:
         raise corrupt("checksum mismatch: truncated or modified")
     tensors = {}
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        array = np.frombuffer(
-            data[start:end], dtype=np.dtype(DTYPES[info["dtype"]]).newbyteorder("<")
-        )
-        tensors[name] = array.astype(DTYPES[info["dtype"]]).reshape(info["shape"])
+        if name != "__metadata__":
+            tensors[name] = _tensor(info, data, lambda why, n=name: corrupt(f"tensor {n!r}: {why}"))
     return tensors, metadata
 
 
-def save_state(path: str | Path, host: dict[str, np.ndarray], model_id: str, variant: str) -> None:
-    """Write a stream's host tensors (memory, norm, accumulators, cache, tokens_seen, logits)."""
+def _tensor(info: object, data: memoryview, corrupt) -> np.ndarray:
+    """One header entry's array, every field checked against the data it points into."""
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+        raise corrupt("unknown or missing dtype")
+    if info["dtype"] not in DTYPES:
+        raise corrupt("unknown or missing dtype")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    if not isinstance(shape, list) or not all(whole(n) for n in shape):
+        raise corrupt(f"bad shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(whole, offsets))):
+        raise corrupt(f"bad data_offsets {offsets!r}")
+    dtype = np.dtype(DTYPES[info["dtype"]])
+    start, end = offsets
+    if not start <= end <= len(data) or end - start != math.prod(shape) * dtype.itemsize:
+        raise corrupt(f"data_offsets {offsets} do not fit shape {shape} and the data")
+    array = np.frombuffer(data[start:end], dtype=dtype.newbyteorder("<"))
+    return array.astype(dtype).reshape(shape)
+
+
+def save_state(
+    path: str | Path,
+    host: dict[str, np.ndarray],
+    model_id: str,
+    variant: str,
+    inputs: Iterable[str | Path] = (),
+) -> None:
+    """Write a stream's host tensors (memory, norm, accumulators, cache, tokens_seen, logits),
+    never over one of `inputs` (the model file)."""
     metadata = {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
         "model_id": model_id,
         "variant": variant,
     }
-    write_safetensors(path, host, metadata)
+    write_safetensors(path, host, metadata, inputs)
 
 
-def load_state(path: str | Path, model_id: str) -> dict[str, np.ndarray]:
-    """Read a state file written by save_state for the model `model_id`."""
-    tensors, metadata = read_safetensors(path)
+def load_state(
+    path: str | Path, model_id: str, max_bytes: int | None = None
+) -> dict[str, np.ndarray]:
+    """Read a state file written by save_state for the model `model_id` (at most max_bytes)."""
+    tensors, metadata = read_safetensors(path, max_bytes)
     if metadata.get("format") != STATE_FORMAT:
         raise StateFileError(f"{path}: not an infini-onnx stream state")
     if metadata.get("version") != STATE_VERSION:
@@ -110,7 +154,7 @@ def load_state(path: str | Path, model_id: str) -> dict[str, np.ndarray]:
         )
     if metadata.get("model_id") != model_id:
         raise StateFileError(
-            f"{path}: state of another model (model_id {metadata.get('model_id', '?')[:12]}..., "
+            f"{path}: state of another model (model_id {metadata.get('model_id', '?')[:12]!r}..., "
             f"this model is {model_id[:12]}...)"
         )
     return tensors

@@ -63,6 +63,12 @@ class _Streams:
             raise InputError(f"token chunks must have shape [{batch}, tokens], got {list(a.shape)}")
         return a.astype(np.int64, copy=False)
 
+    def _sampler(self, sampling: SamplingOptions | None, options: dict, max_new_tokens: int):
+        """The Sampler of one generate call; refuses bad options before any token."""
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+            raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        return Sampler((sampling or SamplingOptions()).with_fields(**options))
+
     def _decode(self, sampler: Sampler, max_new_tokens: int) -> Iterator[np.ndarray]:
         """Sample, feed back (one call per token) and yield tokens [B]; the state always
         includes every token yielded."""
@@ -86,13 +92,13 @@ class Stream(_Streams):
     @classmethod
     def load(cls, model: InfiniModel, path: str | Path) -> Stream:
         """A stream from a state file written by `Stream.save` for this model."""
-        host = statefile.load_state(path, model.model_id)
+        host = statefile.load_state(path, model.model_id, model.layout.max_file_bytes())
         if not all(np.isfinite(a).all() for a in host.values()):
             raise StateFileError(f"{path}: NaN or inf in the saved state")
         try:
             state = State.from_host(model.layout, host)
-        except (KeyError, ValueError) as e:
-            raise StateFileError(f"{path}: not a state of this model ({e})") from None
+        except (KeyError, ValueError, IndexError) as e:
+            raise StateFileError(f"{path}: not a state of this model ({e!r})") from None
         if state.batch != 1:
             raise StateFileError(f"{path}: a batch of {state.batch} streams")
         return cls(model, state)
@@ -134,9 +140,7 @@ class Stream(_Streams):
         starts from bos). Stops after max_new_tokens or a token of `stop` (default: eos),
         which is yielded. `sampling` (default SamplingOptions()), or its fields as keywords
         (temperature=0 is greedy, top_k, top_p, seed)."""
-        sampler = Sampler((sampling or SamplingOptions()).with_fields(**options))
-        if max_new_tokens < 0:
-            raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        sampler = self._sampler(sampling, options, max_new_tokens)
         if isinstance(prompt, str):
             prompt = textio.encode(self._model.tokenizer, prompt)
         elif prompt is None and self._state.logits is None:
@@ -178,7 +182,8 @@ class Stream(_Streams):
 
     def save(self, path: str | Path) -> None:
         """Write the state atomically (see docs/runtime.md for the format)."""
-        statefile.save_state(path, self._state.to_host(), self._model.model_id, self._model.variant)
+        m = self._model
+        statefile.save_state(path, self._state.to_host(), m.model_id, m.variant, [m.path])
 
 
 class StreamBatch(_Streams):
@@ -213,6 +218,8 @@ class StreamBatch(_Streams):
         Returns the next-token logits [B, V], or with all_logits [B, S, V]."""
         B = self._state.batch
         chunks = [tokens] if isinstance(tokens, np.ndarray) else tokens
+        if not isinstance(chunks, Iterable):
+            raise InputError(f"expected a [B, T] array of token ids, got {type(tokens).__name__}")
         return self._ingest((self._validated(c, B) for c in chunks), all_logits)
 
     def generate(
@@ -220,8 +227,7 @@ class StreamBatch(_Streams):
     ) -> Iterator[np.ndarray]:
         """Yield the next token of every stream [B] per step (no stop tokens: all rows go on).
         Sampling as for Stream.generate."""
-        sampler = Sampler((sampling or SamplingOptions()).with_fields(**options))
-        return self._decode(sampler, max_new_tokens)
+        return self._decode(self._sampler(sampling, options, max_new_tokens), max_new_tokens)
 
     def split(self) -> list[Stream]:
         """The streams of the batch, each on its own again."""
@@ -236,7 +242,7 @@ def _chunks(tokens: Tokens) -> Iterator[object]:
         isinstance(t, (int, np.integer)) for t in tokens
     ):
         yield tokens
-    elif isinstance(tokens, (int, np.integer, str, bytes)):
+    elif not isinstance(tokens, Iterable) or isinstance(tokens, (str, bytes)):
         raise InputError(f"expected a sequence of token ids, got {type(tokens).__name__}")
     else:
         for chunk in tokens:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import itertools
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -24,8 +26,44 @@ def encode(tokenizer: Tokenizer | None, text: str) -> np.ndarray:
 
 def encode_chunks(tokenizer: Tokenizer | None, text: str | Iterable[str]) -> Iterator[np.ndarray]:
     """Token ids of a text or of an iterable of text chunks, one array per chunk."""
+    if not isinstance(text, (str, Iterable)):
+        raise InputError(f"expected text or an iterable of text chunks, got {type(text).__name__}")
     for chunk in [text] if isinstance(text, str) else text:
         yield encode(tokenizer, chunk)
+
+
+def is_byte_level(tokenizer: Tokenizer) -> bool:
+    """Whether token id = byte value for all 256 bytes (the tokenizer `infini init` writes)."""
+    if sorted(tokenizer.get_vocab(with_added_tokens=False).values()) != list(range(256)):
+        return False
+    ascii_ids = tokenizer.encode(bytes(range(32, 127)).decode(), add_special_tokens=False).ids
+    return ascii_ids == list(range(32, 127))
+
+
+def encode_bytes(
+    tokenizer: Tokenizer | None, blocks: Iterable[bytes], errors: str = "strict"
+) -> Iterator[np.ndarray]:
+    """Token ids of raw input bytes, one array per block. A byte-level model gets the bytes as
+    they are (invalid UTF-8 included); otherwise the bytes are decoded as UTF-8 across block
+    boundaries, `errors="strict"` refusing invalid UTF-8 and "replace" substituting U+FFFD."""
+    if tokenizer is None:
+        raise InputError("this model has no tokenizer in its metadata: feed token ids instead")
+    if is_byte_level(tokenizer):
+        for block in blocks:
+            yield np.frombuffer(block, np.uint8).astype(np.int64)
+        return
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(errors), 0
+    for block in itertools.chain(blocks, [b""]):  # b"": the end, where a cut character fails
+        held = len(decoder.getstate()[0])  # bytes of a character cut at the last block's end
+        try:
+            text = decoder.decode(block, final=not block)
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"the input is not valid UTF-8 at byte {offset - held + e.start:,} "
+                "(--errors replace substitutes U+FFFD)"
+            ) from None
+        offset += len(block)
+        yield encode(tokenizer, text)
 
 
 class TextDecoder:

@@ -2,15 +2,17 @@
 
 A step graph may come with an external data file (`OUT.onnx.data`), so the writer works on a
 private temporary directory beside the target: everything written there is fsynced and renamed
-into place when the block succeeds (the target last), and removed when it fails.
+into place when the block succeeds (the target last), and removed when it fails. Outputs that
+are not regular files, or are one of the inputs, are refused before any work.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,26 +24,53 @@ def data_file_name(out_path: Path) -> str:
     return out_path.name + ".data"
 
 
-@contextmanager
-def atomic_output(out_path: str | Path, error: type[InfiniError] = InfiniError) -> Iterator[Path]:
-    """Yield a temporary path with out_path's file name in a private directory beside it
-    (`<name>.<random>.tmp/`, on the same file system so that the renames are atomic).
-
-    Files written into that directory replace their namesakes beside out_path when the block
-    succeeds. Missing parent directories are created. Any OSError, and a target that cannot be
-    written (a directory, a parent that is a file), is raised as `error` naming out_path,
-    before the block runs where possible.
-    """
+def check_output(
+    out_path: str | Path, inputs: Iterable[str | Path] = (), error: type[InfiniError] = InfiniError
+) -> Path:
+    """Refuse, before any long work, an output that cannot be written safely: anything but a
+    regular file or a new path (a directory, a device node, a FIFO), the same file as one of
+    `inputs`, a parent that is a file, or a directory where nothing can be created (probed by
+    creating and removing a temporary directory)."""
     out_path = Path(out_path)
-    if out_path.is_dir():
-        raise error(f"{out_path}: is a directory, expected a file path")
-    blocking = next((p for p in out_path.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise error(f"{out_path}: cannot write ({blocking} is not a directory)")
+    if out_path.exists():
+        if out_path.is_dir():
+            raise error(f"{out_path}: is a directory, expected a file path")
+        if not out_path.is_file():
+            raise error(f"{out_path}: not a regular file (a device, FIFO or socket): not replaced")
+        for source in inputs:
+            if Path(source).exists() and os.path.samefile(out_path, source):
+                raise error(f"{out_path}: is the input {source}; write the output elsewhere")
+    existing = next((p for p in out_path.parents if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise error(f"{out_path}: cannot write ({existing} is not a directory)")
+    try:
+        Path(tempfile.mkdtemp(prefix=".infini-probe.", dir=existing)).rmdir()
+    except OSError as e:
+        raise error(f"{out_path}: cannot write in {existing} ({e.strerror or e})") from None
+    return out_path
+
+
+@contextmanager
+def atomic_output(
+    out_path: str | Path, error: type[InfiniError] = InfiniError, inputs: Iterable[str | Path] = ()
+) -> Iterator[Path]:
+    """Yield a temporary path with out_path's file name in a private directory beside it
+    (`<name>.<pid>.<random>.tmp/`, on the same file system so that the renames are atomic).
+
+    The output is checked first (`check_output`, with `inputs`), and temporary directories
+    that killed writers left for this name are removed. Files written into the directory
+    replace their namesakes beside out_path when the block succeeds (the target last); on any
+    failure they are removed and the previous files stay. Any OSError is raised as `error`
+    naming out_path.
+    """
+    out_path = check_output(out_path, inputs, error)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(out_path)
         tmp_dir = Path(
-            tempfile.mkdtemp(prefix=f"{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+            tempfile.mkdtemp(
+                prefix=f"{out_path.name}.{os.getpid()}.", suffix=".tmp", dir=out_path.parent
+            )
         )
     except OSError as e:
         raise error(f"{out_path}: cannot write ({e.strerror or e})") from None
@@ -49,6 +78,9 @@ def atomic_output(out_path: str | Path, error: type[InfiniError] = InfiniError) 
         yield tmp_dir / out_path.name
         written = sorted(tmp_dir.iterdir(), key=lambda p: p.name == out_path.name)
         for f in written:
+            target = out_path.parent / f.name
+            if target.exists() and not target.is_file():
+                raise error(f"{target}: not a regular file: not replaced")
             _fsync(f)
         for f in written:
             os.replace(f, out_path.parent / f.name)
@@ -57,6 +89,24 @@ def atomic_output(out_path: str | Path, error: type[InfiniError] = InfiniError) 
         raise error(f"{out_path}: cannot write ({e.strerror or e})") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _remove_stale(out_path: Path) -> None:
+    """Remove the temporary directories of writers of out_path whose process is gone."""
+    for leftover in out_path.parent.glob(f"{glob.escape(out_path.name)}.*.tmp"):
+        pid = leftover.name[len(out_path.name) + 1 :].split(".")[0]
+        if leftover.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _fsync(path: Path) -> None:

@@ -6,22 +6,30 @@ onnxruntime's custom_metadata_map; all get the same StepGraphInfo or the same er
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from infini_onnx.config import InfiniConfig
 from infini_onnx.errors import ModelFileError
 from infini_onnx.stepgraph.names import (
+    CACHE_INPUTS,
+    CACHE_OUTPUTS,
     FORMAT_VERSION,
     INPUT_NAMES,
     KEY_CONFIG,
+    KEY_DIGEST,
     KEY_FORMAT_VERSION,
     KEY_MODEL_ID,
     KEY_TOKENIZER,
     KEY_VARIANT,
+    MEMORY_INPUTS,
+    MEMORY_OUTPUTS,
     OUTPUT_NAMES,
 )
+
+SIGNED_KEYS = (KEY_FORMAT_VERSION, KEY_CONFIG, KEY_VARIANT, KEY_MODEL_ID, KEY_TOKENIZER)
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class StepGraphInfo:
     tokenizer_json: str | None = None  # tokenizer.json text, if the model has one
 
     def to_props(self) -> dict[str, str]:
-        """The metadata_props of the file."""
+        """The metadata_props of the file, with the digest of the others."""
         props = {
             KEY_FORMAT_VERSION: str(FORMAT_VERSION),
             KEY_CONFIG: json.dumps(self.config.to_dict(), sort_keys=True),
@@ -43,7 +51,7 @@ class StepGraphInfo:
         }
         if self.tokenizer_json is not None:
             props[KEY_TOKENIZER] = self.tokenizer_json
-        return props
+        return {**props, KEY_DIGEST: _digest(props)}
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str) -> StepGraphInfo:
@@ -56,13 +64,20 @@ class StepGraphInfo:
                 "infini-onnx (run `infini export`)"
             )
         if version != str(FORMAT_VERSION):
+            shown = version if version.isdigit() else repr(version)
             raise ModelFileError(
-                f"{source}: step-graph format version {version} is not supported (this "
+                f"{source}: step-graph format version {shown} is not supported (this "
                 f"infini-onnx reads version {FORMAT_VERSION}); upgrade infini-onnx"
             )
         missing = [k for k in (KEY_CONFIG, KEY_MODEL_ID) if k not in props]
         if missing:
             raise ModelFileError(f"{source}: metadata {missing[0]!r} missing")
+        signed = {k: props[k] for k in SIGNED_KEYS if k in props}
+        if KEY_DIGEST in props and props[KEY_DIGEST] != _digest(signed):  # files of 0.1 have none
+            raise ModelFileError(
+                f"{source}: metadata edited after export ({KEY_DIGEST} does not match): "
+                "export the model again"
+            )
         try:
             config_dict = json.loads(props[KEY_CONFIG])
         except json.JSONDecodeError as e:
@@ -73,6 +88,36 @@ class StepGraphInfo:
             model_id=props[KEY_MODEL_ID],
             tokenizer_json=props.get(KEY_TOKENIZER),
         )
+
+
+def _digest(props: Mapping[str, str]) -> str:
+    canonical = json.dumps({k: props[k] for k in SIGNED_KEYS if k in props}, sort_keys=True)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def static_dims(config: InfiniConfig) -> dict[str, tuple[int | None, ...]]:
+    """Each state tensor's and the logits' shape as the config fixes it (None: dynamic)."""
+    c = config
+    L, G, d = c.num_hidden_layers, c.num_key_value_heads, c.head_dim
+    cache, matrix, vector = (None, L, G, None, d), (None, L, G, d, d), (None, L, G, d)
+    dims = dict(zip(MEMORY_INPUTS, (matrix, vector, matrix, vector), strict=True))
+    dims.update(dict.fromkeys(CACHE_INPUTS + CACHE_OUTPUTS, cache))
+    dims.update(zip(MEMORY_OUTPUTS, (matrix, vector), strict=True))
+    dims["logits"] = (None, None, c.vocab_size)
+    return dims
+
+
+def check_shapes(shapes: Mapping[str, Sequence], config: InfiniConfig, source: str) -> None:
+    """Refuse a graph whose fixed dimensions disagree with its config (metadata that does not
+    describe the graph). `shapes`: name -> dims, symbolic dims as strings or None."""
+    for name, expected in static_dims(config).items():
+        got = tuple(shapes.get(name, ()))
+        fixed = [(g, e) for g, e in zip(got, expected) if isinstance(g, int) and e is not None]
+        if len(got) != len(expected) or any(g != e for g, e in fixed):
+            raise ModelFileError(
+                f"{source}: {name} has shape {list(got)}, but the config in its metadata says "
+                f"{[e if e is not None else '?' for e in expected]}"
+            )
 
 
 def check_io(inputs: Collection[str], outputs: Collection[str], source: str) -> None:

@@ -11,6 +11,7 @@ KEY_CONFIG = "infini.config"  # the whole config.json
 KEY_VARIANT = "infini.variant"  # fp32 | fp16 | int8 | int8-static | int4
 KEY_TOKENIZER = "infini.tokenizer"  # tokenizer.json text, when the model directory has one
 KEY_MODEL_ID = "infini.model_id"  # sha256 of config and source weights: the model's identity
+KEY_DIGEST = "infini.metadata_digest"  # sha256 of the keys above: catches edits
 
 # The compressive memory and its accumulators: float32 in every variant. The order is M, z,
 # then their accumulators (matrix, vector, matrix, vector): code may rely on it.
@@ -21,8 +22,9 @@ CACHE_INPUTS = ("past_key", "past_value")
 STATE_TENSORS = MEMORY_INPUTS + CACHE_INPUTS
 
 INPUT_NAMES = ("input_ids", *CACHE_INPUTS, *MEMORY_INPUTS, "num_logits")
-OUTPUT_NAMES = ("logits", "present_key", "present_value", "memory_acc_out", "norm_acc_out")
 MEMORY_OUTPUTS = ("memory_acc_out", "norm_acc_out")
+CACHE_OUTPUTS = ("present_key", "present_value")
+OUTPUT_NAMES = ("logits", *CACHE_OUTPUTS, *MEMORY_OUTPUTS)
 # Inputs and outputs that stay float32 whatever the variant.
 FLOAT32_IO = (*MEMORY_INPUTS, *MEMORY_OUTPUTS, "logits")
 
