@@ -85,8 +85,8 @@ class InfiniConfig:
             raise ModelDirError(f"{path}: missing config.json")
         try:
             data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelDirError(f"{path}: not valid JSON ({e})") from None
+        except (ValueError, RecursionError, OSError) as e:  # bad JSON, huge ints, deep nesting
+            raise ModelDirError(f"{path}: not valid JSON ({type(e).__name__})") from None
         return cls.from_dict(data, source=str(path))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from infini_onnx.config import InfiniConfig
@@ -34,8 +35,10 @@ def member(model_dir: str | Path, name: str) -> Path:
     """model_dir/name, refused unless it is a regular file that resolves inside model_dir."""
     model_dir = check_dir(model_dir)
     path = model_dir / name
-    if not path.exists():
+    if not os.path.lexists(path):
         raise ModelDirError(f"{path}: no such file")
+    if not path.exists():
+        raise ModelDirError(f"{path}: a broken or looping symlink")
     root, resolved = model_dir.resolve(), path.resolve()
     if root not in resolved.parents:
         raise ModelDirError(f"{path}: resolves outside the model directory ({resolved})")
@@ -52,15 +55,15 @@ def load_config(model_dir: str | Path) -> InfiniConfig:
 
 def tokenizer_text(model_dir: str | Path) -> str | None:
     """tokenizer.json's text (a JSON object), or None if the directory has none."""
-    if not (check_dir(model_dir) / TOKENIZER).exists():
+    if not os.path.lexists(check_dir(model_dir) / TOKENIZER):
         return None
     path = member(model_dir, TOKENIZER)
     try:
         text = path.read_text(encoding="utf-8")
         if not isinstance(json.loads(text), dict):
             raise ValueError("not a JSON object")
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ModelDirError(f"{path}: not a tokenizer.json ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise ModelDirError(f"{path}: not a tokenizer.json ({type(e).__name__})") from None
     return text
 
 
@@ -69,8 +72,8 @@ def weight_index(model_dir: str | Path) -> dict[str, str]:
     path = member(model_dir, INDEX)
     try:
         weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ModelDirError(f"{path}: invalid index ({e!r})") from None
+    except (ValueError, RecursionError, KeyError, TypeError) as e:
+        raise ModelDirError(f"{path}: invalid index ({type(e).__name__})") from None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):

@@ -357,13 +357,16 @@ def test_10_bad_model_directory_files_are_one_line(model_dir_factory, tmp_path):
 def test_12_temporary_directories_of_killed_writers_are_removed(tiny_model, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f"s.state.{dead.pid}.abc.tmp"
-    live = tmp_path / f"s.state.{os.getppid()}.xyz.tmp"
-    for d in (stale, live):
+    stale = tmp_path / f"s.state.{dead.pid}.abcd1234.tmp"
+    live = tmp_path / f"s.state.{os.getppid()}.wxyz5678.tmp"
+    users = tmp_path / "s.state.2024.backup00.tmp"  # a name like ours, holding other files
+    for d in (stale, live, users):
         d.mkdir()
         (d / "s.state").write_bytes(b"half")
+    (users / "notes.txt").write_text("keep me")
     Stream(tiny_model).save(tmp_path / "s.state")
     assert not stale.exists() and live.exists()  # another writer may still own it
+    assert (users / "notes.txt").read_text() == "keep me"
 
 
 def test_errors_are_infini_errors():
@@ -483,3 +486,39 @@ def test_fp32_memory_stays_within_1e5_of_a_float64_reference_over_200k_tokens(ti
     assert expected.dtype == np.float64
     relative = np.linalg.norm(got - expected) / np.linalg.norm(expected)
     assert relative <= 1e-5, relative
+
+
+# --- found by a hostile review of the first round ---------------------------------------------
+
+
+def test_every_input_is_protected_not_only_the_model(tiny_onnx, text_file, tmp_path):
+    from infini_onnx.export.exporter import export_model
+
+    ext = export_model(tiny_onnx[0], tmp_path / "ext.onnx", external_data=True)
+    data = tmp_path / "ext.onnx.data"
+    saved = {p: p.read_bytes() for p in (text_file, data)}
+    one_line_error(infini("stream", ext, text_file, "--save-state", text_file), "is the input")
+    one_line_error(infini("stream", ext, text_file, "--save-state", data), "is the input")
+    one_line_error(
+        infini("quantize", ext, tmp_path / "q.onnx", "--eval-segments", "1", "--report", data),
+        "is the input",
+    )
+    one_line_error(
+        infini("quantize", ext, tmp_path / "q.onnx", "--report", tmp_path / "q.onnx"), "is OUT"
+    )
+    assert all(p.read_bytes() == b for p, b in saved.items())
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "keep.txt").write_text("mine")
+    one_line_error(infini("init", tmp_path / "m"), "not an empty directory")
+
+
+def test_prompts_empty_or_not_unicode(tiny_model, tiny_onnx):
+    stream = Stream(tiny_model)
+    stream.feed([1, 2, 3])
+    expected = Stream(tiny_model)
+    expected.feed([1, 2, 3])
+    options = dict(max_new_tokens=5, temperature=0, stop=())
+    assert list(stream.generate("", **options)) == list(expected.generate(**options))
+    with pytest.raises(InputError, match="not valid Unicode"):
+        stream.generate("\udcff")
+    one_line_error(infini("generate", tiny_onnx[1], "--prompt", "\udcff"), "not valid UTF-8")

@@ -47,7 +47,9 @@ def demo_group() -> None:
     show_default=True,
     help="Sweep depths: start, middle, end or numbers in [0, 1].",
 )
-@click.option("--trials", type=int, default=20, show_default=True, help="Sweep trials per cell.")
+@click.option(
+    "--trials", type=click.IntRange(1), default=20, show_default=True, help="Sweep trials per cell."
+)
 @click.option(
     "--jobs", type=click.IntRange(1), default=1, show_default=True, help="Sweep worker processes."
 )
@@ -87,8 +89,14 @@ def passkey_command(
     from pathlib import Path
 
     from infini_onnx import demo, passkey
+    from infini_onnx.errors import InfiniError
     from infini_onnx.runtime import InfiniModel
+    from infini_onnx.stepgraph.files import atomic_output, check_output, graph_files
 
+    if not 0 <= depth <= 1:  # FloatRange lets NaN through
+        raise InfiniError(f"--depth must be in [0, 1], got {depth}")
+    if json_path and model and Path(model).is_file():
+        check_output(json_path, graph_files(model))  # before any work
     if sweep:
         sizes = demo.parse_lengths(lengths, grid)
         where = demo.parse_depths(depths)
@@ -102,7 +110,8 @@ def passkey_command(
         if json_path:
             record = dict(model=str(path), variant=runtime.variant, trials=trials, seed=seed)
             record["accuracy"] = {str(n): row for n, row in table.items()}
-            Path(json_path).write_text(json.dumps(record, indent=2) + "\n")
+            with atomic_output(json_path, inputs=graph_files(path)) as tmp:
+                tmp.write_text(json.dumps(record, indent=2) + "\n")
             click.echo(f"wrote {json_path}")
         return
     key = passkey.random_key(random.Random(seed))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from infini_onnx.cli.common import one_line_errors
@@ -18,13 +20,22 @@ from infini_onnx.config import MEMORY_UPDATES, PRESETS
     help="Memory rule (default: the preset's, delta).",
 )
 @click.option("--segment-len", type=int, default=None, help="Override the preset's segment length.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @one_line_errors
 def init_command(
     out_dir: str, preset: str, memory_update: str | None, segment_len: int | None, seed: int
 ) -> None:
     """Write a randomly initialised model directory with a byte-level tokenizer."""
+    from pathlib import Path
+
+    from infini_onnx.errors import InfiniError
     from infini_onnx.model import init_model_dir
+    from infini_onnx.stepgraph.files import check_output
+
+    out = Path(out_dir)
+    if os.path.lexists(out) and (not out.is_dir() or out.is_symlink() or any(out.iterdir())):
+        raise InfiniError(f"{out_dir}: exists and is not an empty directory; choose a new one")
+    check_output(out / "config.json")  # the parents can be created and written
 
     overrides = {}
     if memory_update:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from infini_onnx.cli.common import one_line_errors
@@ -27,10 +29,10 @@ from infini_onnx.cli.common import one_line_errors
     default=None,
     help="int8-static: calibration text file (default: generated English-like text).",
 )
-@click.option("--calib-segments", type=int, default=16, show_default=True)
+@click.option("--calib-segments", type=click.IntRange(1, 100_000), default=16, show_default=True)
 @click.option(
     "--eval-segments",
-    type=int,
+    type=click.IntRange(0, 100_000),
     default=32,
     show_default=True,
     help="Length of the held-out stream of the accuracy report (0: no report).",
@@ -65,11 +67,15 @@ def quantize_command(
     from infini_onnx.errors import QuantizeError
     from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
     from infini_onnx.quantize.targets import resolve
-    from infini_onnx.stepgraph.files import atomic_output, check_output
+    from infini_onnx.stepgraph.files import atomic_output, check_output, graph_files
 
     settings = resolve(mode, target, block_size)
     if report_path:
-        check_output(report_path, [in_path, out_path], QuantizeError)  # before any work
+        if eval_segments == 0:
+            raise QuantizeError("--report needs an accuracy report (--eval-segments > 0)")
+        if Path(report_path).resolve() == Path(out_path).resolve():
+            raise QuantizeError(f"{report_path}: is OUT_PATH; write the report elsewhere")
+        check_output(report_path, graph_files(in_path), QuantizeError)  # before any work
     quantize_model(in_path, out_path, settings, calib, calib_segments, log=click.echo)
     click.echo(f"wrote {out_path} ({settings.mode})")
     if eval_segments > 0:
@@ -77,6 +83,8 @@ def quantize_command(
         for line in report.lines():
             click.echo(line)
         if report_path:
-            with atomic_output(report_path, QuantizeError, [in_path, out_path]) as tmp:
+            with atomic_output(
+                report_path, QuantizeError, [*graph_files(in_path), *graph_files(out_path)]
+            ) as tmp:
                 tmp.write_text(report.to_json())
             click.echo(f"wrote {report_path}")

@@ -26,7 +26,12 @@ def _model_options(fn: Callable) -> Callable:
     options = [
         click.argument("model", type=click.Path(dir_okay=False)),
         click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True),
-        click.option("--threads", type=int, default=None, help="Intra-op threads (default: all)."),
+        click.option(
+            "--threads",
+            type=click.IntRange(1, 1024),
+            default=None,
+            help="Intra-op threads (default: all).",
+        ),
         click.option("--resume", type=click.Path(dir_okay=False), help="Continue a saved state."),
         click.option(
             "--save-state", type=click.Path(dir_okay=False), help="Save the state at the end."
@@ -56,17 +61,32 @@ def _sampling(options: dict) -> SamplingOptions:
 
 
 def _open_stream(
-    model_path: str, device: str, threads: int | None, resume: str | None, save_state: str | None
+    model_path: str,
+    device: str,
+    threads: int | None,
+    resume: str | None,
+    save_state: str | None,
+    inputs: tuple[str, ...] = (),
 ) -> tuple[InfiniModel, Stream]:
-    """The model and the stream (resumed or new), once --save-state is known to be writable."""
+    """The model and the stream (resumed or new), once --save-state is known to be writable
+    and none of the inputs (the model, its data file, `inputs`)."""
     from infini_onnx.runtime import InfiniModel, StateFileError, Stream
-    from infini_onnx.stepgraph.files import check_output
+    from infini_onnx.stepgraph.files import check_output, graph_files
 
     if save_state:
-        check_output(save_state, [model_path], StateFileError)  # before any streaming
+        sources = [*graph_files(model_path), *(p for p in inputs if p != "-")]
+        check_output(save_state, sources, StateFileError)  # before any streaming
 
     model = InfiniModel(model_path, device=device, threads=threads)
     return model, (Stream.load(model, resume) if resume else Stream(model))
+
+
+def _check_text(text: str) -> None:
+    """Refuse a prompt that is not valid Unicode (undecodable bytes in the command line)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("--prompt is not valid UTF-8") from None
 
 
 def _blocks(f: BinaryIO) -> Iterator[bytes]:
@@ -95,7 +115,7 @@ def _finish(stream: Stream, save_state: str | None) -> None:
 @click.option(
     "--generate",
     "generate_n",
-    type=int,
+    type=click.IntRange(0),
     default=0,
     metavar="N",
     help="Generate N tokens at the end.",
@@ -137,12 +157,19 @@ def stream_command(
     if prompt is not None and not generate_n:
         raise InputError("--prompt needs --generate N")
     options = _sampling(sampling)
-    onnx_model, stream = _open_stream(model, device, threads, resume, save_state)
+    if prompt is not None:
+        _check_text(prompt)
+    onnx_model, stream = _open_stream(
+        model, device, threads, resume, save_state, (file,) if file else ()
+    )
     if file is not None:
         meter = Progress() if progress else None
-        with click.open_file(file, "rb") as f:
-            chunks = encode_bytes(onnx_model.tokenizer, _blocks(f), errors)
-            stream.feed(meter.track(chunks) if meter else chunks)
+        try:
+            with click.open_file(file, "rb") as f:
+                chunks = encode_bytes(onnx_model.tokenizer, _blocks(f), errors)
+                stream.feed(meter.track(chunks) if meter else chunks)
+        except OSError as e:
+            raise InputError(f"{file}: cannot read ({e.strerror or e})") from None
         if meter:
             meter.close()
     if generate_n:
@@ -153,7 +180,7 @@ def stream_command(
 @click.command("generate")
 @_model_options
 @_generation_options
-@click.option("--max-new-tokens", "-n", type=int, default=128, show_default=True)
+@click.option("--max-new-tokens", "-n", type=click.IntRange(0), default=128, show_default=True)
 @one_line_errors
 def generate_command(
     model: str,
@@ -167,6 +194,8 @@ def generate_command(
 ) -> None:
     """Generate text from a prompt (and/or a resumed state) with MODEL.onnx."""
     options = _sampling(sampling)
+    if prompt is not None:
+        _check_text(prompt)
     _, stream = _open_stream(model, device, threads, resume, save_state)
     _generate(stream, max_new_tokens, prompt, options)
     _finish(stream, save_state)

@@ -18,7 +18,7 @@ from infini_onnx.quantize.plan import load_step_graph, plan_graph
 from infini_onnx.quantize.segments import open_model
 from infini_onnx.quantize.targets import Settings
 from infini_onnx.runtime import Stream
-from infini_onnx.stepgraph.files import atomic_output, check_output, data_file_name
+from infini_onnx.stepgraph.files import atomic_output, check_output, data_file_name, graph_files
 
 CALIB_SEED, EVAL_SEED = 1, 2  # generated calibration text and the held-out stream differ
 _PROTOBUF_LIMIT = 1 << 31
@@ -37,7 +37,7 @@ def quantize_model(
     The metadata is copied with `infini.variant` set to the mode. int8-static calibrates on
     `calib_segments` segments of `calib` (a text file) or of generated text.
     """
-    check_output(out_path, _files_of(in_path), QuantizeError)  # before any work
+    check_output(out_path, graph_files(in_path), QuantizeError)  # before any work
     model, info = load_step_graph(in_path)
     _check_runs(in_path, f"{in_path}: the input")
     name_nodes(model)
@@ -61,7 +61,7 @@ def quantize_model(
     props.update(dataclasses.replace(info, variant=settings.mode).to_props())
     del result.metadata_props[:]
     onnx.helper.set_model_props(result, props)
-    return save_atomic(result, Path(out_path), _files_of(in_path), settings.mode)
+    return save_atomic(result, Path(out_path), graph_files(in_path), settings.mode)
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -71,11 +71,6 @@ def name_nodes(model: onnx.ModelProto) -> None:
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_{i}"
         seen.add(node.name)
-
-
-def _files_of(onnx_path: str | Path) -> list[Path]:
-    """An .onnx file and its external data file: what a variant must never overwrite."""
-    return [Path(onnx_path), Path(onnx_path).parent / data_file_name(Path(onnx_path))]
 
 
 def save_atomic(

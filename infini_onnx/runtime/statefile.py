@@ -77,20 +77,23 @@ def read_safetensors(
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
         raise corrupt(f"{size:,} bytes, more than a state of this model can hold")
-    with path.open("rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise corrupt("truncated header")
-        (n,) = struct.unpack("<Q", raw)
-        if n > min(size - 8, MAX_HEADER_BYTES):
-            raise corrupt("truncated header" if n > size - 8 else "header too large")
-        text, data = f.read(n), memoryview(f.read())
+    try:
+        with path.open("rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise corrupt("truncated header")
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                raise corrupt("truncated header" if n > size - 8 else "header too large")
+            text, data = f.read(n), memoryview(f.read())
+    except OSError as e:
+        raise StateFileError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         header = json.loads(text)
         metadata = header["__metadata__"]
         expected = metadata["checksum"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise corrupt(f"unreadable header: {e!r}") from None
+    except (ValueError, RecursionError, KeyError, TypeError) as e:
+        raise corrupt(f"unreadable header: {type(e).__name__}") from None
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise corrupt("metadata must map names to strings")
     if _checksum(header, data) != expected:

@@ -12,6 +12,7 @@ from infini_onnx.runtime import statefile, textio
 from infini_onnx.runtime.sampling import Sampler, SamplingOptions
 from infini_onnx.runtime.session import InfiniModel
 from infini_onnx.runtime.state import State
+from infini_onnx.stepgraph.files import graph_files
 
 Tokens = np.ndarray | Iterable[int] | Iterable[Iterable[int]]
 """Token ids: an array or sequence of ids, or an iterable of such chunks (read lazily)."""
@@ -142,7 +143,9 @@ class Stream(_Streams):
         (temperature=0 is greedy, top_k, top_p, seed)."""
         sampler = self._sampler(sampling, options, max_new_tokens)
         if isinstance(prompt, str):
-            prompt = textio.encode(self._model.tokenizer, prompt)
+            prompt = textio.encode(self._model.tokenizer, prompt) if prompt else None
+        if isinstance(prompt, (list, tuple, np.ndarray)) and np.size(prompt) == 0:
+            prompt = None  # an empty prompt continues the stream
         elif prompt is None and self._state.logits is None:
             prompt = [self._model.config.bos_token_id]
         stops = {self._model.config.eos_token_id} if stop is None else set(stop)
@@ -183,7 +186,9 @@ class Stream(_Streams):
     def save(self, path: str | Path) -> None:
         """Write the state atomically (see docs/runtime.md for the format)."""
         m = self._model
-        statefile.save_state(path, self._state.to_host(), m.model_id, m.variant, [m.path])
+        statefile.save_state(
+            path, self._state.to_host(), m.model_id, m.variant, graph_files(m.path)
+        )
 
 
 class StreamBatch(_Streams):

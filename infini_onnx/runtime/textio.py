@@ -21,6 +21,10 @@ def encode(tokenizer: Tokenizer | None, text: str) -> np.ndarray:
         raise InputError("this model has no tokenizer in its metadata: feed token ids instead")
     if not isinstance(text, str):
         raise InputError(f"expected text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("the text is not valid Unicode (lone surrogates)") from None
     return np.array(tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,11 @@ from infini_onnx.errors import InfiniError
 def data_file_name(out_path: Path) -> str:
     """The external data file beside OUT.onnx: OUT.onnx.data (a location relative to it)."""
     return out_path.name + ".data"
+
+
+def graph_files(onnx_path: str | Path) -> list[Path]:
+    """An .onnx file and its external data file: what no output may overwrite."""
+    return [Path(onnx_path), Path(onnx_path).parent / data_file_name(Path(onnx_path))]
 
 
 def check_output(
@@ -40,7 +46,7 @@ def check_output(
         for source in inputs:
             if Path(source).exists() and os.path.samefile(out_path, source):
                 raise error(f"{out_path}: is the input {source}; write the output elsewhere")
-    existing = next((p for p in out_path.parents if p.exists()), Path("."))
+    existing = next((p for p in out_path.parents if os.path.lexists(p)), Path("."))
     if not existing.is_dir():
         raise error(f"{out_path}: cannot write ({existing} is not a directory)")
     try:
@@ -63,6 +69,7 @@ def atomic_output(
     failure they are removed and the previous files stay. Any OSError is raised as `error`
     naming out_path.
     """
+    inputs = list(inputs)
     out_path = check_output(out_path, inputs, error)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +88,10 @@ def atomic_output(
             target = out_path.parent / f.name
             if target.exists() and not target.is_file():
                 raise error(f"{target}: not a regular file: not replaced")
+            if target.exists() and any(
+                Path(s).exists() and os.path.samefile(target, s) for s in inputs
+            ):
+                raise error(f"{target}: is one of the inputs; write the output elsewhere")
             _fsync(f)
         for f in written:
             os.replace(f, out_path.parent / f.name)
@@ -92,10 +103,15 @@ def atomic_output(
 
 
 def _remove_stale(out_path: Path) -> None:
-    """Remove the temporary directories of writers of out_path whose process is gone."""
+    """Remove the temporary directories of writers of out_path whose process is gone: exactly
+    `<name>.<pid>.<8 characters>.tmp`, holding nothing but files named like the output."""
+    ours = re.compile(re.escape(out_path.name) + r"\.(\d+)\.[a-z0-9_]{8}\.tmp")
     for leftover in out_path.parent.glob(f"{glob.escape(out_path.name)}.*.tmp"):
-        pid = leftover.name[len(out_path.name) + 1 :].split(".")[0]
-        if leftover.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        match = ours.fullmatch(leftover.name)
+        if not (match and leftover.is_dir() and not leftover.is_symlink()):
+            continue
+        names = {p.name for p in leftover.iterdir()}
+        if names <= {out_path.name, data_file_name(out_path)} and not _alive(int(match[1])):
             shutil.rmtree(leftover, ignore_errors=True)
 
 

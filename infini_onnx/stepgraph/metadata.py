@@ -80,8 +80,10 @@ class StepGraphInfo:
             )
         try:
             config_dict = json.loads(props[KEY_CONFIG])
-        except json.JSONDecodeError as e:
-            raise ModelFileError(f"{source}: metadata {KEY_CONFIG!r} is not JSON ({e})") from None
+        except (ValueError, RecursionError) as e:
+            raise ModelFileError(
+                f"{source}: metadata {KEY_CONFIG!r} is not JSON ({type(e).__name__})"
+            ) from None
         return cls(
             config=InfiniConfig.from_dict(config_dict, source=f"{source} metadata"),
             variant=props.get(KEY_VARIANT, "fp32"),
