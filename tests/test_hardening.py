@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from statefiles import read_header, write_header
 
 from infini_onnx.cli import main
 from infini_onnx.errors import InfiniError, InputError, ModelDirError, ModelFileError
@@ -221,22 +221,6 @@ def test_7_shapes_are_checked_against_the_config_without_a_digest(tiny_onnx, tmp
 # --- 8. crafted state files ----------------------------------------------------------------------
 
 
-def write_crafted(path: Path, header: dict, data: bytes) -> None:
-    """A state file with the checksum recomputed, as an attacker would."""
-    from infini_onnx.runtime.statefile import _checksum
-
-    header["__metadata__"]["checksum"] = _checksum(header, data)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
-
-
-def read_header(path: Path) -> tuple[dict, bytes]:
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
-
-
 CRAFTED = {
     "huge-shape": lambda h: h["memory"].update(shape=[10**9, 10**9]),
     "far-offsets": lambda h: h["memory"].update(data_offsets=[10**12, 10**12 + 4]),
@@ -259,11 +243,7 @@ def test_8_crafted_state_files_are_refused(tiny_model, tmp_path, edit):
     stream.save(path)
     header, data = read_header(path)
     CRAFTED[edit](header)
-    if not isinstance(header["__metadata__"], dict):
-        text = json.dumps(header).encode()
-        path.write_bytes(struct.pack("<Q", len(text)) + text + data)
-    else:
-        write_crafted(path, header, data)
+    write_header(path, header, data, resign=True)  # the checksum recomputed, as an attacker would
     with pytest.raises(StateFileError):
         Stream.load(tiny_model, path)
 

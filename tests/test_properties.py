@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from statefiles import read_header, write_header
 
 from infini_onnx import modeldir
 from infini_onnx.config import InfiniConfig, preset_config
@@ -137,9 +137,7 @@ def saved_state(tiny_onnx, tmp_path_factory):
     stream.feed(np.arange(40) % 250)
     path = tmp_path_factory.mktemp("state") / "s.state"
     stream.save(path)
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    return model, path, json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    return model, path, *read_header(path)
 
 
 @settings(FAST, max_examples=400)
@@ -150,22 +148,14 @@ def saved_state(tiny_onnx, tmp_path_factory):
     st.booleans(),
 )
 def test_state_file_headers(saved_state, tmp_path_factory, tensor, field, value, resign):
-    from infini_onnx.runtime.statefile import _checksum
-
     model, path, header, data = saved_state
     header = json.loads(json.dumps(header))
     if field is None or tensor == "__metadata__":
         header[tensor] = value
     else:
         header[tensor][field] = value
-    if resign and isinstance(header.get("__metadata__"), dict):  # as an attacker would
-        try:
-            header["__metadata__"]["checksum"] = _checksum(header, data)
-        except (TypeError, ValueError):
-            pass
-    text = json.dumps(header).encode()
     crafted = path.with_name("crafted.state")
-    crafted.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    write_header(crafted, header, data, resign)  # resign: as an attacker would
     result = outcome(lambda: Stream.load(model, crafted))
     assert isinstance(result, (Stream, StateFileError)), result
 

@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+from statefiles import read_header, write_header
 
 from infini_onnx.runtime import InfiniModel, StateFileError, Stream
 
@@ -116,21 +117,11 @@ def test_saved_state_with_nan_is_refused(tiny_model, tmp_path):
         Stream.load(tiny_model, tmp_path / "nan.state")
 
 
-def read_header(path) -> tuple[dict, bytes]:
-    """A state file's JSON header and the data after it."""
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    assert (8 + n) % 8 == 0, "data must start 8-byte aligned"
-    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
-
-
 def rewrite_header(path, edit) -> None:
     """Apply edit(header) to a state file's JSON header, keeping its data and checksum."""
     header, data = read_header(path)
     edit(header)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    write_header(path, header, data)
 
 
 @pytest.mark.parametrize(

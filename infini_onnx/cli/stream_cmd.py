@@ -81,14 +81,6 @@ def _open_stream(
     return model, (Stream.load(model, resume) if resume else Stream(model))
 
 
-def _check_text(text: str) -> None:
-    """Refuse a prompt that is not valid Unicode (undecodable bytes in the command line)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputError("--prompt is not valid UTF-8") from None
-
-
 def _blocks(f: BinaryIO) -> Iterator[bytes]:
     return iter(lambda: f.read(BLOCK_BYTES), b"")
 
@@ -150,7 +142,7 @@ def stream_command(
     memory. Then optionally generate, and save the state to resume later.
     """
     from infini_onnx.runtime.progress import Progress
-    from infini_onnx.runtime.textio import encode_bytes
+    from infini_onnx.runtime.textio import check_unicode, encode_bytes
 
     if file is None and not (generate_n or save_state):
         raise InputError("nothing to do: give a FILE (or -), --generate N or --save-state")
@@ -158,7 +150,7 @@ def stream_command(
         raise InputError("--prompt needs --generate N")
     options = _sampling(sampling)
     if prompt is not None:
-        _check_text(prompt)
+        check_unicode(prompt, "--prompt")
     onnx_model, stream = _open_stream(
         model, device, threads, resume, save_state, (file,) if file else ()
     )
@@ -193,9 +185,11 @@ def generate_command(
     **sampling,
 ) -> None:
     """Generate text from a prompt (and/or a resumed state) with MODEL.onnx."""
+    from infini_onnx.runtime.textio import check_unicode
+
     options = _sampling(sampling)
     if prompt is not None:
-        _check_text(prompt)
+        check_unicode(prompt, "--prompt")
     _, stream = _open_stream(model, device, threads, resume, save_state)
     _generate(stream, max_new_tokens, prompt, options)
     _finish(stream, save_state)

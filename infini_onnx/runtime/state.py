@@ -17,6 +17,7 @@ import numpy as np
 
 from infini_onnx.config import InfiniConfig
 from infini_onnx.runtime.device import DeviceCalls, Outputs
+from infini_onnx.runtime.statefile import MAX_HEADER_BYTES
 from infini_onnx.stepgraph.names import CACHE_INPUTS, STATE_TENSORS
 
 
@@ -40,10 +41,10 @@ class Layout:
 
     def max_file_bytes(self) -> int:
         """The largest state file of one stream: every tensor at its largest (a cache of
-        segment_len - 1 tokens, float32), tokens_seen, logits, and a header of at most 1 MiB."""
+        segment_len - 1 tokens, float32), tokens_seen, logits, and the largest header."""
         shapes = self.shapes(1, self.config.segment_len - 1).values()
         tensors = sum(math.prod(shape) * 4 for shape, _ in shapes)
-        return 8 + (1 << 20) + tensors + 8 + 4 * self.config.vocab_size
+        return 8 + MAX_HEADER_BYTES + tensors + 8 + 4 * self.config.vocab_size
 
 
 @dataclass(frozen=True)

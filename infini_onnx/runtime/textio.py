@@ -21,11 +21,18 @@ def encode(tokenizer: Tokenizer | None, text: str) -> np.ndarray:
         raise InputError("this model has no tokenizer in its metadata: feed token ids instead")
     if not isinstance(text, str):
         raise InputError(f"expected text, got {type(text).__name__}")
+    check_unicode(text)
+    return np.array(tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
+
+
+def check_unicode(text: str, what: str = "the text") -> None:
+    """Refuse text with lone surrogates (what undecodable bytes become in a str)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InputError("the text is not valid Unicode (lone surrogates)") from None
-    return np.array(tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
+        raise InputError(
+            f"{what} is not valid Unicode: lone surrogates, from bytes that are not valid UTF-8"
+        ) from None
 
 
 def encode_chunks(tokenizer: Tokenizer | None, text: str | Iterable[str]) -> Iterator[np.ndarray]:

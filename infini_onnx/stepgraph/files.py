@@ -38,14 +38,9 @@ def check_output(
     `inputs`, a parent that is a file, or a directory where nothing can be created (probed by
     creating and removing a temporary directory)."""
     out_path = Path(out_path)
-    if out_path.exists():
-        if out_path.is_dir():
-            raise error(f"{out_path}: is a directory, expected a file path")
-        if not out_path.is_file():
-            raise error(f"{out_path}: not a regular file (a device, FIFO or socket): not replaced")
-        for source in inputs:
-            if Path(source).exists() and os.path.samefile(out_path, source):
-                raise error(f"{out_path}: is the input {source}; write the output elsewhere")
+    if out_path.is_dir():
+        raise error(f"{out_path}: is a directory, expected a file path")
+    _check_replaceable(out_path, inputs, error)
     existing = next((p for p in out_path.parents if os.path.lexists(p)), Path("."))
     if not existing.is_dir():
         raise error(f"{out_path}: cannot write ({existing} is not a directory)")
@@ -84,14 +79,8 @@ def atomic_output(
     try:
         yield tmp_dir / out_path.name
         written = sorted(tmp_dir.iterdir(), key=lambda p: p.name == out_path.name)
-        for f in written:
-            target = out_path.parent / f.name
-            if target.exists() and not target.is_file():
-                raise error(f"{target}: not a regular file: not replaced")
-            if target.exists() and any(
-                Path(s).exists() and os.path.samefile(target, s) for s in inputs
-            ):
-                raise error(f"{target}: is one of the inputs; write the output elsewhere")
+        for f in written:  # OUT.data too: never over a device or an input
+            _check_replaceable(out_path.parent / f.name, inputs, error)
             _fsync(f)
         for f in written:
             os.replace(f, out_path.parent / f.name)
@@ -100,6 +89,19 @@ def atomic_output(
         raise error(f"{out_path}: cannot write ({e.strerror or e})") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _check_replaceable(
+    target: Path, inputs: Iterable[str | Path], error: type[InfiniError]
+) -> None:
+    """Refuse to replace an existing target that is not a regular file or is one of `inputs`."""
+    if not target.exists():
+        return
+    if not target.is_file():
+        raise error(f"{target}: not a regular file (a device, FIFO or socket): not replaced")
+    for source in inputs:
+        if Path(source).exists() and os.path.samefile(target, source):
+            raise error(f"{target}: is the input {source}; write the output elsewhere")
 
 
 def _remove_stale(out_path: Path) -> None:
