@@ -39,3 +39,7 @@ class ValidationError(InfiniError):
 
 class QuantizeError(InfiniError):
     """The input cannot be quantised: not ONNX, no metadata, already quantised, a bad option."""
+
+
+class StreamNotFoundError(InfiniError, LookupError):
+    """No stream has this id (a server's stream was deleted, or never existed)."""

@@ -20,6 +20,8 @@ COMMANDS = {
     "generate": "infini_onnx.cli.stream_cmd:generate_command",
     "demo": "infini_onnx.cli.demo_cmd:demo_group",
     "bench": "infini_onnx.cli.bench_cmd:bench_command",
+    "serve": "infini_onnx.cli.serve_cmd:serve_command",
+    "triton": "infini_onnx.cli.triton_cmd:triton_command",
 }
 
 
@@ -48,4 +50,6 @@ def main() -> None:
       quantize  OUT.onnx -> int8 / int4 / fp16 variant
       stream    stream text of any length through an .onnx model
       generate  generate text from a prompt
+      serve     serve streams over HTTP on Ray Serve (needs the [serve] extra)
+      triton    MODEL.onnx -> a Triton model repository with implicit state
     """

@@ -1,0 +1,325 @@
+"""`infini serve`: the HTTP API on Ray Serve (docs/serving.md).
+
+Two deployments:
+
+- `Ingress` (one replica) answers HTTP: it checks bodies, picks stream ids, counts metrics and
+  calls the worker that holds the stream;
+- `StreamWorker` (N replicas) holds streams in a StreamTable. Ray's ConsistentHashRouter sends
+  every call for a stream to one replica: the ingress keys it on the stream id (the call's
+  session id), with no fallback to another replica. When the replicas change, a stream that
+  lands elsewhere is restored from the shared state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ray import serve
+from ray.exceptions import RayError, RayTaskError
+from ray.serve.config import RequestRouterConfig
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from infini_onnx.errors import InfiniError, StreamNotFoundError
+from infini_onnx.serve import api
+from infini_onnx.serve.metrics import Metrics
+from infini_onnx.serve.streams import StreamTable, check_stream_id, new_stream_id
+
+ROUTER = RequestRouterConfig(
+    request_router_class="ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
+    request_router_kwargs={"num_fallback_replicas": 0},
+)
+WORKER_MAX_ONGOING = 32  # concurrent calls a worker replica accepts (streams run in threads)
+_DONE = object()
+
+
+@serve.deployment(request_router_config=ROUTER, max_ongoing_requests=WORKER_MAX_ONGOING)
+class StreamWorker:
+    """One replica's streams. Every method answers {"ok": ...} or {"error", "status"}, with
+    the replica's figures under "stats"; calls for one stream run one at a time."""
+
+    def __init__(self, model_path: str, state_dir: str, threads: int, budget_bytes: int,
+                 idle_seconds: float):  # fmt: skip
+        from infini_onnx.runtime import InfiniModel
+
+        self.table = StreamTable(
+            InfiniModel(model_path, threads=threads), state_dir, budget_bytes, idle_seconds
+        )
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._evictor: asyncio.Task | None = None  # started by the first call (needs the loop)
+
+    async def create(self, stream_id: str) -> dict:
+        return await self._run(stream_id, lambda: {"id": self.table.create(stream_id)})
+
+    async def feed(self, stream_id: str, request: api.FeedRequest) -> dict:
+        def feed() -> dict:
+            stream = self.table.feed(stream_id, request.text, request.ids)
+            answer = {"tokens_seen": stream.tokens_seen}
+            if request.logits:
+                answer["logits"] = stream.logits.tolist()
+            return answer
+
+        return await self._run(stream_id, feed)
+
+    async def info(self, stream_id: str) -> dict:
+        return await self._run(stream_id, lambda: self.table.info(stream_id))
+
+    async def delete(self, stream_id: str) -> dict:
+        def delete() -> dict:
+            self.table.delete(stream_id)
+            return {}
+
+        answer = await self._run(stream_id, delete)
+        self._locks.pop(stream_id, None)
+        return answer
+
+    async def generate(self, stream_id: str, request: api.GenerateRequest):
+        """Yield {"token"} per token, then {"ok": {...}}; or one {"error"} (async generator)."""
+        async with self._lock(stream_id):
+            tokens = None
+            try:
+                tokens = await asyncio.to_thread(self._start, stream_id, request)
+                while (token := await asyncio.to_thread(next, tokens, _DONE)) is not _DONE:
+                    yield {"token": token}
+                answer = {"ok": {"tokens_seen": self.table.info(stream_id)["tokens_seen"]}}
+            except InfiniError as e:
+                answer = {"error": str(e), "status": api.status_of(e)}
+            finally:
+                if tokens is not None:
+                    tokens.close()  # records what was generated, also on a client's disconnect
+        yield {**answer, "stats": self._stats()}
+
+    def _start(self, stream_id: str, request: api.GenerateRequest):
+        return self.table.generate(
+            stream_id, request.prompt, request.max_new_tokens, request.stop, request.sampling
+        )
+
+    async def _run(self, stream_id: str, work) -> dict:
+        async with self._lock(stream_id):
+            try:
+                answer = {"ok": await asyncio.to_thread(work)}
+            except InfiniError as e:
+                answer = {"error": str(e), "status": api.status_of(e)}
+        return {**answer, "stats": self._stats()}
+
+    def _lock(self, stream_id: str) -> asyncio.Lock:
+        if self._evictor is None:
+            self._evictor = asyncio.get_running_loop().create_task(self._evict_idle())
+        return self._locks.setdefault(stream_id, asyncio.Lock())
+
+    def _stats(self) -> dict:
+        return {"replica": self.replica, **asdict(self.table.stats())}
+
+    async def _evict_idle(self) -> None:
+        period = min(30.0, max(0.5, self.table.idle_seconds / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.table.evict_idle()
+
+
+@serve.deployment(max_ongoing_requests=1024)
+class Ingress:
+    """The HTTP API: routes, body checks and limits, metrics."""
+
+    def __init__(self, worker: DeploymentHandle, max_body_bytes: int, tokenizer_json: str | None):
+        from tokenizers import Tokenizer
+
+        self.worker = worker
+        self.max_body_bytes = max_body_bytes
+        self.tokenizer = Tokenizer.from_str(tokenizer_json) if tokenizer_json else None
+        self.metrics = Metrics()
+
+    async def __call__(self, request: Request) -> Response:
+        started = time.perf_counter()
+        route, response = "other", None
+        try:
+            route, handler, stream_id = self._route(request)
+            response = await handler(request, stream_id)
+        except InfiniError as e:
+            response = _error(str(e), api.status_of(e))
+        except RayTaskError as e:  # a bug: the replica's log has the traceback
+            response = _error(f"internal error in a replica ({type(e.cause).__name__})", 500)
+        except RayError as e:  # a replica died: the stream's files are current, retry
+            response = _error(f"replica unavailable ({type(e).__name__}): retry", 503)
+        if isinstance(response, StreamingResponse):  # counted when its last event is sent
+            return response
+        self.metrics.observe(route, response.status_code, time.perf_counter() - started)
+        return response
+
+    def _route(self, request: Request):
+        parts = request.url.path.strip("/").split("/")
+        method = request.method
+        table = {
+            ("GET", ("healthz",)): ("healthz", self._healthz),
+            ("GET", ("metrics",)): ("metrics", self._metrics),
+            ("POST", ("v1", "streams")): ("create", self._create),
+        }
+        if (method, tuple(parts)) in table:
+            return (*table[method, tuple(parts)], None)
+        if len(parts) in (3, 4) and parts[:2] == ["v1", "streams"]:
+            action = parts[3] if len(parts) == 4 else ""
+            handlers = {
+                ("GET", ""): ("info", self._info),
+                ("DELETE", ""): ("delete", self._delete),
+                ("POST", "feed"): ("feed", self._feed),
+                ("POST", "generate"): ("generate", self._generate),
+            }
+            if (method, action) in handlers:
+                return (*handlers[method, action], check_stream_id(parts[2]))
+            if any(a == action for _, a in handlers):
+                raise _MethodNotAllowed(f"{method} is not allowed here")
+        raise StreamNotFoundError(f"no such endpoint: {method} {request.url.path}")
+
+    async def _body(self, request: Request) -> dict:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise api.BodyTooLarge(f"request body over {self.max_body_bytes:,} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise api.BodyTooLarge(f"request body over {self.max_body_bytes:,} bytes")
+            chunks.append(chunk)
+        return api.parse_json(b"".join(chunks))
+
+    async def _call(self, method: str, stream_id: str, *args) -> dict:
+        handle = getattr(self.worker.options(session_id=stream_id), method)
+        answer = await handle.remote(stream_id, *args)
+        self.metrics.replica_report(answer["stats"])
+        if "error" in answer:
+            raise _Answered(answer["error"], answer["status"])
+        return answer["ok"]
+
+    async def _healthz(self, request: Request, _) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _metrics(self, request: Request, _) -> Response:
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def _create(self, request: Request, _) -> Response:
+        api.create_request(await self._body(request))
+        stream_id = new_stream_id()
+        return JSONResponse(await self._call("create", stream_id), status_code=201)
+
+    async def _info(self, request: Request, stream_id: str) -> Response:
+        return JSONResponse(await self._call("info", stream_id))
+
+    async def _delete(self, request: Request, stream_id: str) -> Response:
+        return JSONResponse(await self._call("delete", stream_id))
+
+    async def _feed(self, request: Request, stream_id: str) -> Response:
+        feed = api.feed_request(await self._body(request))
+        return JSONResponse(await self._call("feed", stream_id, feed))
+
+    async def _generate(self, request: Request, stream_id: str) -> Response:
+        gen = api.generate_request(await self._body(request))
+        started = time.perf_counter()
+        handle = self.worker.options(session_id=stream_id, stream=True).generate
+        events = handle.remote(stream_id, gen).__aiter__()
+        first = await events.__anext__()
+        if "error" in first:
+            self.metrics.replica_report(first["stats"])
+            raise _Answered(first["error"], first["status"])
+        text = _Text(self.tokenizer)
+        if not gen.stream:
+            ids, last = [], first
+            while "token" in last:
+                ids.append(last["token"])
+                text.push(last["token"])
+                last = await events.__anext__()
+            self.metrics.replica_report(last["stats"])
+            if "error" in last:
+                raise _Answered(last["error"], last["status"])
+            return JSONResponse(_finished(ids, text, last))
+        return StreamingResponse(
+            self._events(first, events, text, started), media_type="text/event-stream"
+        )
+
+    async def _events(self, item: dict, events, text: _Text, started: float):
+        """Server-sent events: `token` {"id", "text"} per token, then `done` {"text", "ids",
+        "tokens_seen"}, or `error` {"error", "status"}."""
+        ids, status = [], 200
+        try:
+            while "token" in item:
+                ids.append(item["token"])
+                yield _event("token", {"id": item["token"], "text": text.push(item["token"])})
+                item = await events.__anext__()
+            self.metrics.replica_report(item["stats"])
+            if "error" in item:
+                status = item["status"]
+                yield _event("error", {"error": item["error"], "status": status})
+            else:
+                yield _event("done", _finished(ids, text, item))
+        finally:
+            self.metrics.observe("generate", status, time.perf_counter() - started)
+
+
+class _Text:
+    """Generated tokens decoded incrementally (None throughout for a model without tokenizer)."""
+
+    def __init__(self, tokenizer):
+        from infini_onnx.runtime.textio import TextDecoder
+
+        self.decoder = TextDecoder(tokenizer) if tokenizer is not None else None
+        self.pieces: list[str] = []
+
+    def push(self, token: int) -> str | None:
+        if self.decoder is None:
+            return None
+        self.pieces.append(self.decoder.push(token))
+        return self.pieces[-1]
+
+    def whole(self) -> str | None:
+        return None if self.decoder is None else "".join(self.pieces) + self.decoder.flush()
+
+
+def _finished(ids: list[int], text: _Text, last: dict) -> dict:
+    return {"text": text.whole(), "ids": ids, "tokens_seen": last["ok"]["tokens_seen"]}
+
+
+class _Answered(InfiniError):
+    """An error a worker answered with, and its status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class _MethodNotAllowed(InfiniError):
+    status = 405
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _event(name: str, data: dict) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+def build_app(
+    model_path: str | Path,
+    state_dir: str | Path,
+    replicas: int,
+    *,
+    threads: int = 1,
+    replica_cpus: float = 1.0,
+    budget_bytes: int = 2 << 30,
+    idle_seconds: float = 600.0,
+    max_body_bytes: int = 8 << 20,
+    tokenizer_json: str | None = None,
+):
+    """The Ray Serve application: Ingress over `replicas` StreamWorkers."""
+    worker = StreamWorker.options(
+        num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus}
+    ).bind(str(Path(model_path).resolve()), str(Path(state_dir).resolve()), threads,
+           budget_bytes, idle_seconds)  # fmt: skip
+    return Ingress.options(ray_actor_options={"num_cpus": 0}).bind(
+        worker, max_body_bytes, tokenizer_json
+    )

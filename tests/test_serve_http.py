@@ -1,0 +1,193 @@
+"""`infini serve` for real: a local Ray with 2 replicas, 8 interleaved streams over HTTP, every
+result equal to the runtime's for the same stream alone; then 3 replicas, mid-stream.
+
+Loopback only; the server is stopped at the end whatever happens."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.serve", reason="needs the [serve] extra")
+
+from infini_onnx.runtime import InfiniModel, SamplingOptions, Stream  # noqa: E402
+
+pytestmark = pytest.mark.slow
+INFINI = [sys.executable, "-c", "from infini_onnx.cli import main; main()"]
+STREAMS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    def __init__(self, port: int):
+        self.base = f"http://127.0.0.1:{port}"
+
+    def request(self, method: str, path: str, body: dict | bytes | None = None):
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        if data is not None and len(data) > 1 << 20:
+            return self.large_request(method, path, data)
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def large_request(self, method: str, path: str, data: bytes):
+        """Send a large body as far as the server reads it (it may answer and close early)."""
+        conn = http.client.HTTPConnection(self.base.removeprefix("http://"), timeout=60)
+        conn.putrequest(method, path)
+        conn.putheader("Content-Length", str(len(data)))
+        conn.endheaders()
+        try:
+            conn.send(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+
+    def json(self, method: str, path: str, body=None, status: int = 200) -> dict:
+        code, text = self.request(method, path, body)
+        assert code == status, text
+        return json.loads(text)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_onnx, tmp_path_factory):
+    """A running `infini serve` (2 replicas): (client, model path, port, state dir)."""
+    model_path = tiny_onnx[1]
+    state_dir = tmp_path_factory.mktemp("serve-state")
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("serve-log") / "serve.log", "w+")  # noqa: SIM115
+    cmd = [*INFINI, "serve", str(model_path), "--replicas", "2", "--port", str(port),
+           "--replica-cpus", "0.5", "--state-dir", str(state_dir)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client = Client(port)
+    try:
+        deadline = time.monotonic() + 240
+        while client.request("GET", "/healthz")[0] != 200 if _up(port) else True:
+            assert proc.poll() is None, Path(log.name).read_text()
+            assert time.monotonic() < deadline, Path(log.name).read_text()
+            time.sleep(1)
+        while "Ray at" not in Path(log.name).read_text():  # follows readiness by a moment
+            time.sleep(0.5)
+        yield client, model_path, port, state_dir
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _up(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def metric_sum(client: Client, name: str) -> float:
+    text = client.request("GET", "/metrics")[1]
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def run_rounds(client, streams, alone, rounds: range) -> None:
+    """Each round: every stream feeds, then generates (greedy, then sampled); every logits
+    vector and token equals the lone Stream's."""
+    for r in rounds:
+        for i, sid in enumerate(streams):
+            chunk = np.random.default_rng(100 * r + i).integers(0, 256, 5 + 11 * i % 37).tolist()
+            got = client.json("POST", f"/v1/streams/{sid}/feed", {"ids": chunk, "logits": True})
+            want = alone[i].feed(chunk)
+            np.testing.assert_array_equal(np.array(got["logits"], np.float32), want)
+            assert got["tokens_seen"] == alone[i].tokens_seen
+        for i, sid in enumerate(streams):
+            body = {"max_new_tokens": 6, "temperature": 0.9, "seed": r * 10 + i, "stop": []}
+            got = client.json("POST", f"/v1/streams/{sid}/generate", body)
+            sampling = SamplingOptions(temperature=0.9, seed=r * 10 + i)
+            assert got["ids"] == list(alone[i].generate([], 6, stop=[], sampling=sampling))
+            assert got["tokens_seen"] == alone[i].tokens_seen
+
+
+def test_streams_through_http_equal_the_runtime_and_survive_a_replica_change(server):
+    client, model_path, port, state_dir = server
+    model = InfiniModel(model_path, threads=1)
+    streams = [client.json("POST", "/v1/streams", {}, status=201)["id"] for _ in range(STREAMS)]
+    assert len(set(streams)) == STREAMS and all(re.fullmatch("[0-9a-f]{32}", s) for s in streams)
+    alone = [Stream(model) for _ in streams]
+    run_rounds(client, streams, alone, range(3))
+    # the consistent-hash router kept every stream on one replica: nothing was restored
+    assert metric_sum(client, "infini_streams_restores_total") == 0
+
+    cmd = [*INFINI, "serve", str(model_path), "--replicas", "3", "--address", "auto",
+           "--port", str(port), "--replica-cpus", "0.5", "--state-dir", str(state_dir)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_rounds(client, streams, alone, range(3, 6))
+    replicas = {
+        m[1] for m in re.finditer(r'replica="(\w+)"', client.request("GET", "/metrics")[1])
+    }
+    assert len(replicas) == 3  # the new replica took streams
+    restored = metric_sum(client, "infini_streams_restores_total")
+    assert 1 <= restored <= STREAMS, restored
+
+    # streaming generation: server-sent events, one per token, then done
+    code, text = client.request(
+        "POST", f"/v1/streams/{streams[0]}/generate",
+        {"max_new_tokens": 4, "temperature": 0, "stop": [], "stream": True},
+    )  # fmt: skip
+    events = [e for e in text.split("\n\n") if e]
+    assert code == 200 and [e.split("\n")[0] for e in events] == ["event: token"] * 4 + [
+        "event: done"
+    ]
+    done_event = json.loads(events[-1].split("data: ", 1)[1])
+    assert done_event["ids"] == list(alone[0].generate([], 4, stop=[], temperature=0))
+
+    info = client.json("GET", f"/v1/streams/{streams[1]}")
+    assert info["tokens_seen"] == alone[1].tokens_seen
+    assert client.json("DELETE", f"/v1/streams/{streams[1]}") == {}
+    assert client.request("GET", f"/v1/streams/{streams[1]}")[0] == 404
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, message",
+    [
+        ("POST", "/v1/streams/{id}/feed", b"{not json", 400, "not JSON"),
+        ("POST", "/v1/streams/{id}/feed", {"ids": [1, 999]}, 400, "outside the vocabulary"),
+        ("POST", "/v1/streams/{id}/feed", {"text": "a", "ids": [1]}, 400, "exactly one"),
+        ("POST", "/v1/streams/{id}/feed", {"txt": "a"}, 400, "unknown field 'txt'"),
+        ("POST", "/v1/streams/{id}/generate", {"max_new_tokens": -1}, 400, "max_new_tokens"),
+        ("POST", "/v1/streams/{id}/generate", {"temperature": "hot"}, 400, "temperature"),
+        ("POST", "/v1/streams/{id}/generate", {"top_p": 2}, 400, "top_p"),
+        ("POST", "/v1/streams/" + "0" * 32 + "/feed", {"ids": [1]}, 404, "no such stream"),
+        ("GET", "/v1/streams/../../etc/passwd", None, 404, "no such"),
+        ("GET", "/v1/streams", None, 404, "no such endpoint"),
+        ("PUT", "/v1/streams/{id}/feed", {}, 405, "not allowed"),
+        ("POST", "/v1/streams/{id}/feed", {"text": "x" * (9 << 20)}, 413, "over"),
+    ],
+)
+def test_bad_requests_get_a_4xx_and_change_nothing(server, method, path, body, status, message):
+    client = server[0]
+    sid = client.json("POST", "/v1/streams", {}, status=201)["id"]
+    client.json("POST", f"/v1/streams/{sid}/feed", {"ids": [1, 2, 3]})
+    code, text = client.request(method, path.format(id=sid), body)
+    assert code == status and message in json.loads(text)["error"], text
+    assert client.json("GET", f"/v1/streams/{sid}")["tokens_seen"] == 3
