@@ -142,9 +142,7 @@ def test_streams_through_http_equal_the_runtime_and_survive_a_replica_change(ser
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     run_rounds(client, streams, alone, range(3, 6))
-    replicas = {
-        m[1] for m in re.finditer(r'replica="(\w+)"', client.request("GET", "/metrics")[1])
-    }
+    replicas = {m[1] for m in re.finditer(r'replica="(\w+)"', client.request("GET", "/metrics")[1])}
     assert len(replicas) == 3  # the new replica took streams
     restored = metric_sum(client, "infini_streams_restores_total")
     assert 1 <= restored <= STREAMS, restored

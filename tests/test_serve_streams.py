@@ -41,7 +41,9 @@ def test_stream_moved_between_replicas_matches_the_runtime(model, tmp_path):
             np.testing.assert_array_equal(fed.logits, alone.feed(chunk))
             assert fed.tokens_seen == table.info(sid)["tokens_seen"] == alone.tokens_seen
         else:
-            opts = dict(max_new_tokens=n, stop=[], sampling=SamplingOptions(temperature=0.8, seed=i))
+            opts = dict(
+                max_new_tokens=n, stop=[], sampling=SamplingOptions(temperature=0.8, seed=i)
+            )
             got = list(table.generate(sid, **opts))
             want = list(alone.generate([], n, stop=[], sampling=opts["sampling"]))
             assert got == want
