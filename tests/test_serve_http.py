@@ -189,3 +189,19 @@ def test_bad_requests_get_a_4xx_and_change_nothing(server, method, path, body, s
     code, text = client.request(method, path.format(id=sid), body)
     assert code == status and message in json.loads(text)["error"], text
     assert client.json("GET", f"/v1/streams/{sid}")["tokens_seen"] == 3
+
+
+def test_serve_refuses_a_bad_model_or_port_before_starting_ray(tiny_onnx, tmp_path):
+    missing = subprocess.run([*INFINI, "serve", str(tmp_path / "none.onnx")], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+    assert missing.returncode == 1 and "no such model file" in missing.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = subprocess.run(
+            [*INFINI, "serve", str(tiny_onnx[1]), "--port", str(port), "--state-dir",
+             str(tmp_path / "s")], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert taken.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in taken.stderr
+    assert "Traceback" not in missing.stderr + taken.stderr

@@ -79,7 +79,16 @@ class StreamWorker:
         self._locks.pop(stream_id, None)
         return answer
 
-    async def generate(self, stream_id: str, request: api.GenerateRequest):
+    async def generate(self, stream_id: str, request: api.GenerateRequest) -> dict:
+        """The whole generation in one answer: {"ids", "tokens_seen"}."""
+
+        def generate() -> dict:
+            ids = list(self._start(stream_id, request))
+            return {"ids": ids, "tokens_seen": self.table.info(stream_id)["tokens_seen"]}
+
+        return await self._run(stream_id, generate)
+
+    async def generate_events(self, stream_id: str, request: api.GenerateRequest):
         """Yield {"token"} per token, then {"ok": {...}}; or one {"error"} (async generator)."""
         async with self._lock(stream_id):
             tokens = None
@@ -219,24 +228,19 @@ class Ingress:
 
     async def _generate(self, request: Request, stream_id: str) -> Response:
         gen = api.generate_request(await self._body(request))
+        text = _Text(self.tokenizer)
+        if not gen.stream:
+            answer = await self._call("generate", stream_id, gen)
+            for token in answer["ids"]:
+                text.push(token)
+            return JSONResponse(_finished(answer["ids"], text, answer["tokens_seen"]))
         started = time.perf_counter()
-        handle = self.worker.options(session_id=stream_id, stream=True).generate
+        handle = self.worker.options(session_id=stream_id, stream=True).generate_events
         events = handle.remote(stream_id, gen).__aiter__()
         first = await events.__anext__()
         if "error" in first:
             self.metrics.replica_report(first["stats"])
             raise _Answered(first["error"], first["status"])
-        text = _Text(self.tokenizer)
-        if not gen.stream:
-            ids, last = [], first
-            while "token" in last:
-                ids.append(last["token"])
-                text.push(last["token"])
-                last = await events.__anext__()
-            self.metrics.replica_report(last["stats"])
-            if "error" in last:
-                raise _Answered(last["error"], last["status"])
-            return JSONResponse(_finished(ids, text, last))
         return StreamingResponse(
             self._events(first, events, text, started), media_type="text/event-stream"
         )
@@ -255,7 +259,7 @@ class Ingress:
                 status = item["status"]
                 yield _event("error", {"error": item["error"], "status": status})
             else:
-                yield _event("done", _finished(ids, text, item))
+                yield _event("done", _finished(ids, text, item["ok"]["tokens_seen"]))
         finally:
             self.metrics.observe("generate", status, time.perf_counter() - started)
 
@@ -279,8 +283,8 @@ class _Text:
         return None if self.decoder is None else "".join(self.pieces) + self.decoder.flush()
 
 
-def _finished(ids: list[int], text: _Text, last: dict) -> dict:
-    return {"text": text.whole(), "ids": ids, "tokens_seen": last["ok"]["tokens_seen"]}
+def _finished(ids: list[int], text: _Text, tokens_seen: int) -> dict:
+    return {"text": text.whole(), "ids": ids, "tokens_seen": tokens_seen}
 
 
 class _Answered(InfiniError):
