@@ -143,7 +143,6 @@ class StreamTable:
         """Feed the prompt, then yield new tokens (greedy or sampled, see Stream.generate; the
         caller has checked max_new_tokens and stop). The state directory records every token
         yielded, also when the caller stops early."""
-        sampling = sampling or SamplingOptions()
         entry, journal = self._get(stream_id)
         if isinstance(prompt, str):
             prompt_ids = self._tokens(prompt, None)
