@@ -55,7 +55,9 @@ def test_plan_separates_weights_from_the_memory_path(onnx_factory):
         plan = _plan(path)
         layers = load_step_graph(path)[1].config.num_hidden_layers
         assert len(plan.memory_matmuls) == per_layer * layers  # reads of M, z (+ delta), write
-        assert len(plan.weight_matmuls) == 7 * layers + 1  # q k v o gate up down, LM head
+        assert len(plan.weight_matmuls) == 4 * layers + 1  # qkv, o, gate-up, down; LM head
+        # Pow, ReduceMean, Add, Sqrt of each RMSNorm: 2 per layer and the final one
+        assert len(plan.norm_statistics) == 4 * (2 * layers + 1)
         assert plan.embedding is not None
         assert not plan.memory_path & set(plan.weight_matmuls)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 from infini_onnx.bench.machine import cpu_info
@@ -12,7 +13,7 @@ from infini_onnx.bench.machine import cpu_info
 @dataclass(frozen=True)
 class Models:
     model_dir: Path
-    onnx: dict[str, Path]  # fp32, int8, int4, llama
+    onnx: dict[str, Path]  # fp32, int8, int4, llama; optimum (a directory) if installed
     seconds: dict[str, float]  # build time of each
 
 
@@ -26,8 +27,8 @@ def quantize_target(flags: list[str]) -> str | None:
 
 
 def build_models(workdir: Path, preset: str, log=print) -> Models:
-    """init + export (fp32) + quantize (int8, int4) + the full-attention export; files already
-    in `workdir` are reused."""
+    """init + export (fp32) + quantize (int8, int4) + the full-attention exports (hand-made,
+    and optimum's when installed); files already in `workdir` are reused."""
     from infini_onnx.bench.llama import export_llama
     from infini_onnx.export.exporter import export_model
     from infini_onnx.model import InfiniLlamaForCausalLM, init_model_dir
@@ -57,6 +58,16 @@ def build_models(workdir: Path, preset: str, log=print) -> Models:
             lambda: export_llama(InfiniLlamaForCausalLM.from_pretrained(model_dir), onnx["llama"]),
         ),
     }
+    if find_spec("optimum") and find_spec("optimum.onnxruntime"):
+        from infini_onnx.bench.optimum_llama import export_optimum
+
+        onnx["optimum"] = workdir / f"{preset}-optimum"
+        steps["optimum"] = (
+            onnx["optimum"],
+            lambda: export_optimum(
+                InfiniLlamaForCausalLM.from_pretrained(model_dir), onnx["optimum"]
+            ),
+        )
     seconds = {}
     for name, (path, make) in steps.items():
         if path.exists():

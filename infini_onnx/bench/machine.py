@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from functools import partial
 from importlib import metadata
 
 import numpy as np
@@ -81,3 +82,38 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, di
         "numpy": to_gflops(time_calls(run_numpy, repeats)),
         "size": n,
     }
+
+
+def bandwidth_probe(threads: int, sizes: dict[str, int], repeats: int = 20) -> dict[str, dict]:
+    """The time to read a buffer of each size once, the floor of a decode step that reads its
+    weights once: a float32 [1, K] x [K, 1024] MatMul through ONNX Runtime (a GEMV: each
+    weight read once, two FLOPs each) on a matrix of `size` bytes, median of `repeats` after a
+    warm-up; also as GB/s. Run in a worker like matmul_gflops."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from infini_onnx.runtime import session_options
+
+    columns = 1024
+    probes = {}
+    rng = np.random.default_rng(0)
+    for name, size in sizes.items():
+        rows = max(1, size // (4 * columns))
+        weights = rng.standard_normal((rows, columns), dtype=np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "gemv",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, columns])],
+            [numpy_helper.from_array(weights, "w")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        session = ort.InferenceSession(
+            model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        feeds = {"x": np.ones((1, rows), np.float32)}
+        session.run(None, feeds)
+        ms = summary([t * 1e3 for t in time_calls(partial(session.run, None, feeds), repeats)])
+        gb_s = weights.nbytes / ms["median"] / 1e6
+        probes[name] = {"bytes": weights.nbytes, "ms": ms, "gb_s": gb_s}
+    return probes

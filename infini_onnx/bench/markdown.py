@@ -59,6 +59,45 @@ def _summary(results: dict) -> list[str]:
     ]
 
 
+def _decode_limits(results: dict) -> list[str]:
+    """Batched decode and the bandwidth probe of each infini-onnx variant."""
+    rows = []
+    for name, s in results["systems"].items():
+        runs, probe = s.get("batches", []), s.get("probe")
+        if not runs and not probe:
+            continue
+        one = next((b["tok_s"] for b in runs if b["streams"] == 1), None)
+        cells = [
+            f"{b['tok_s']:,.0f}" + (f" ({b['tok_s'] / one:.1f}x)" if one else "") for b in runs
+        ]
+        probe_text = (
+            f"{probe['ms']['median']:.2f} ms ({probe['bytes'] / MB:.1f} MB at "
+            f"{probe['gb_s']:.1f} GB/s)"
+            if probe
+            else ""
+        )
+        rows.append(f"| {name} | " + " | ".join([*cells, probe_text]) + " |")
+    if not rows:
+        return []
+    streams = [b["streams"] for s in results["systems"].values() for b in s.get("batches", [])]
+    counts = sorted(set(streams))
+    return [
+        "## Batched decode and the bandwidth limit",
+        "",
+        "| system | "
+        + " | ".join(f"{n} stream{'s' if n > 1 else ''} tok/s" for n in counts)
+        + " | bandwidth probe: reading the weights once |",
+        "|---" * (len(counts) + 2) + "|",
+        *rows,
+        "",
+        "Batched decode: StreamBatch of that many streams (each after one segment of its own "
+        "tokens), one graph call per step for all; tokens/s and the gain over one stream. "
+        "Bandwidth probe: an ONNX Runtime float32 GEMV over a matrix of the graph file's size "
+        "(the faster of the runs before and after the systems).",
+        "",
+    ]
+
+
 def _targets(results: dict) -> list[str]:
     lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in results["targets"]:
@@ -117,7 +156,8 @@ def _header(results: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     """results.md: the run, the summary, the targets, and every point by stream length."""
-    lines = [*_header(results), *_summary(results), *_targets(results)]
+    lines = [*_header(results), *_summary(results), *_decode_limits(results)]
+    lines += _targets(results)
     lines += [
         "## By stream length",
         "",
@@ -139,4 +179,4 @@ def markdown(results: dict) -> str:
 
 def summary_text(results: dict) -> str:
     """What `infini bench` prints at the end: the summary table and the targets."""
-    return "\n".join(["", *_summary(results), *_targets(results)])
+    return "\n".join(["", *_summary(results), *_decode_limits(results), *_targets(results)])

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from infini_onnx.bench.report import EFFICIENCY
+
 MB = 2**20
-FIGURES = ("ingest.png", "peak_rss.png", "decode.png", "model_size.png", "efficiency.png")
+FIGURES = (
+    "ingest.png",
+    "peak_rss.png",
+    "decode.png",
+    "model_size.png",
+    "efficiency.png",
+    "batch.png",
+)
 
 
 def _series(ax, results: dict, figure, synthetic: bool = False) -> None:
@@ -42,7 +51,7 @@ def _series(ax, results: dict, figure, synthetic: bool = False) -> None:
 
 
 def write_all(results: dict, out_dir: Path) -> list[Path]:
-    """ingest.png, peak_rss.png, decode.png, model_size.png, efficiency.png."""
+    """The FIGURES."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,6 +90,11 @@ def write_all(results: dict, out_dir: Path) -> list[Path]:
         lambda p: tuple(p["decode_ms"][k] for k in ("median", "min", "max")),
         synthetic=True,
     )
+    for name, s in results["systems"].items():
+        if "probe" in s:
+            ms = s["probe"]["ms"]["median"]
+            ax.axhline(ms, ls="--", lw=0.8, color="gray")
+            ax.annotate(f"probe: {name.split()[-1]} weights read once", (1, ms), fontsize=6)
     ax.set_yscale("log")
     ax.set_ylabel("decode latency (ms/token, median, min-max)")
     save(fig, ax, "decode.png", "Per-token decode latency against stream position")
@@ -120,9 +134,23 @@ def write_all(results: dict, out_dir: Path) -> list[Path]:
     ax.axvline(
         ceiling, color="k", ls="--", label=f"dense fp32 matmul ceiling {ceiling:.0f} GFLOP/s"
     )
-    ax.axvline(0.6 * ceiling, color="gray", ls=":", label="60% of the ceiling")
+    ax.axvline(EFFICIENCY * ceiling, color="gray", ls=":", label=f"{EFFICIENCY:.0%} of the ceiling")
     ax.invert_yaxis()
     ax.set_xlabel("achieved ingest GFLOP/s (fp32-equivalent)")
     ax.legend(fontsize=7, loc="lower right")
     save(fig, ax, "efficiency.png", "Compute efficiency of ingest (small preset, segment 512)")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, s in results["systems"].items():
+        runs = s.get("batches", [])
+        if runs:
+            streams, tok_s = zip(*((b["streams"], b["tok_s"]) for b in runs))
+            ax.plot(streams, tok_s, marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("streams decoding as one batch")
+    ax.set_ylabel("decode tokens/s (all streams)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    save(fig, ax, "batch.png", "Batched decode throughput")
     return figures

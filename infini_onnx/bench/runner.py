@@ -33,6 +33,7 @@ class Plan:
     baseline_budget_s: float  # ... for each baseline
     decode_tokens: int  # decode steps timed at each stream length
     synthetic: tuple[int, ...]  # cache lengths of the full-attention decode points
+    batches: tuple[int, ...] = (1, 8, 32)  # streams decoding together (StreamBatch)
     worker_slack_s: float = 240.0  # start-up, warm-up and decoding on top of the budget
 
 
@@ -87,18 +88,28 @@ def system_specs(models: Models, config: InfiniConfig, params: int) -> tuple[lis
                 dict(type="itp", kwargs=kwargs, chunk=config.segment_len),
             )
         )
+    no_gates = params - config.num_hidden_layers * config.num_attention_heads
+    full = dict(model_dir=str(models.model_dir), params=no_gates)
     specs.append(
         SystemSpec(
             "full-attention Llama (ORT)",
             "baseline",
-            dict(
-                type="llama",
-                onnx=str(models.onnx["llama"]),
-                model_dir=str(models.model_dir),
-                params=params - config.num_hidden_layers * config.num_attention_heads,  # no gates
-            ),
+            dict(type="llama", onnx=str(models.onnx["llama"]), **full),
         )
     )
+    if "optimum" in models.onnx:
+        specs.append(
+            SystemSpec(
+                "full-attention Llama (optimum)",
+                "baseline",
+                dict(type="optimum", onnx=str(models.onnx["optimum"]), **full),
+            )
+        )
+    else:
+        notes.append(
+            "optimum-onnx is not installed (pip install 'infini-onnx[bench]'): the optimum "
+            "full-attention baseline was skipped"
+        )
     return specs, notes
 
 
@@ -132,8 +143,9 @@ def run_worker(job: dict, threads: int, timeout: float, tmp: Path) -> tuple[dict
     return result, error
 
 
-def ceiling(threads: int, tmp: Path) -> dict:
-    result, error = run_worker({"kind": "ceiling"}, threads, 300, tmp)
+def ceiling(threads: int, tmp: Path, probe_bytes: dict[str, int]) -> dict:
+    job = {"kind": "ceiling", "probe_bytes": probe_bytes}
+    result, error = run_worker(job, threads, 300, tmp)
     if error:
         raise RuntimeError(f"matmul ceiling: {error}")
     return result
@@ -201,9 +213,27 @@ def measure(
         log(f"    {error}")
     result["group"] = spec.group
     result["file_bytes"] = _weights_bytes(spec, models, result.get("params", 0))
-    if spec.spec["type"] == "llama":
+    if spec.spec["type"] in ("llama", "optimum"):
         result["synthetic"] = synthetic_points(spec, plan, config, threads, cap, tmp, log)
     return result
+
+
+def measure_batches(
+    spec: SystemSpec, plan: Plan, config: InfiniConfig, threads: int, tmp: Path, log
+) -> list[dict]:
+    """Batched decode of one infini-onnx variant (a fresh process)."""
+    log(f"  {spec.name}: batched decode of {', '.join(map(str, plan.batches))} streams")
+    job = dict(
+        kind="batch",
+        system=spec.spec,
+        streams=list(plan.batches),
+        decode_tokens=plan.decode_tokens,
+        vocab=config.vocab_size,
+    )
+    result, error = run_worker(job, threads, 600, tmp)
+    if error:
+        log(f"    {error}")
+    return result.get("batches", [])
 
 
 def run(
@@ -243,13 +273,19 @@ def run(
         params = sum(p.numel() for p in model.parameters())
         specs, notes = system_specs(models, config, params)
         cap = memory_cap()
-        log("  matmul ceiling")
-        ceilings = [ceiling(threads, tmp)]
+        probe_bytes = {s.name: file_bytes(s.spec["onnx"]) for s in specs if s.spec["type"] == "ort"}
+        log("  matmul ceiling and bandwidth probe")
+        ceilings = [ceiling(threads, tmp, probe_bytes)]
         systems = {
             spec.name: measure(spec, plan, models, config, threads, cap, tmp, log) for spec in specs
         }
-        log("  matmul ceiling (again)")
-        ceilings.append(ceiling(threads, tmp))
+        for spec in specs:
+            if spec.group == "infini-onnx":
+                systems[spec.name]["batches"] = measure_batches(
+                    spec, plan, config, threads, tmp, log
+                )
+        log("  matmul ceiling and bandwidth probe (again)")
+        ceilings.append(ceiling(threads, tmp, probe_bytes))
     run_info["load_average_end"] = machine.load_average()
     run_info["build_seconds"] = models.seconds
     run_info["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -268,6 +304,8 @@ def _weights_bytes(spec: SystemSpec, models: Models, params: int) -> dict:
     kind = spec.spec["type"]
     if kind in ("ort", "llama"):  # .onnx plus its external data
         return {"bytes": file_bytes(spec.spec["onnx"]), "what": Path(spec.spec["onnx"]).name}
+    if kind == "optimum":
+        return {"bytes": file_bytes(Path(spec.spec["onnx"]) / "model.onnx"), "what": "model.onnx"}
     if kind == "torch":
         weights = models.model_dir / WEIGHTS
         return {"bytes": weights.stat().st_size, "what": weights.name}

@@ -176,6 +176,80 @@ class OrtFullAttention:
         return time_calls(step, tokens)
 
 
+class OptimumLlama:
+    """The full-attention Llama as users run it: optimum's ORTModelForCausalLM (see
+    optimum_llama.py) with its defaults, its KV cache and a growing attention mask; ingest in
+    chunks of the segment length (chunked prefill), decode one token per call."""
+
+    def __init__(self, onnx_dir: Path, config, threads: int):
+        import torch
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        from infini_onnx.runtime import session_options
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = ORTModelForCausalLM.from_pretrained(
+            onnx_dir, session_options=session_options(threads), use_cache=True
+        )
+        self.shape = (1, config.num_key_value_heads, 0, config.head_dim)  # per layer, K or V
+        self.layers = config.num_hidden_layers
+        self.chunk = config.segment_len
+        self.bos = config.bos_token_id
+        self.params = 0  # set by the caller
+        self.reset()
+
+    def reset(self) -> None:
+        self.past, self.seen = None, 0
+
+    def fill(self, tokens: int, seed: int = 0) -> None:
+        """A cache as after `tokens` tokens, of random values (for positions beyond ingest)."""
+        g = self.torch.Generator().manual_seed(seed)
+        shape = (*self.shape[:2], tokens, self.shape[3])
+        random = lambda: self.torch.randn(shape, generator=g)  # noqa: E731
+        self.past = tuple((random(), random()) for _ in range(self.layers))
+        self.seen = tokens
+
+    def _run(self, ids, past, seen: int):
+        mask = self.torch.ones(1, seen + ids.shape[1], dtype=self.torch.long)
+        with self.torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, past_key_values=past)
+        return out.logits, out.past_key_values
+
+    def ingest(self, ids: np.ndarray) -> None:
+        _, self.past = self._run(self.torch.from_numpy(ids[None]), self.past, self.seen)
+        self.seen += len(ids)
+
+    def decode(self, tokens: int) -> list[float]:
+        past, seen, token = self.past, self.seen, self.torch.tensor([[self.bos]])
+
+        def step() -> None:
+            nonlocal past, seen, token
+            logits, past = self._run(token, past, seen)
+            seen += 1
+            token = logits[:, -1:].argmax(-1)
+
+        return time_calls(step, tokens)
+
+
+def batch_decode(onnx_path: Path, threads: int, streams: int, tokens: int, vocab: int) -> dict:
+    """Decode `streams` streams together (StreamBatch: one graph call per step for all of
+    them), each after one segment of its own random tokens; times `tokens` steps."""
+    from infini_onnx.runtime import InfiniModel, Stream, StreamBatch
+
+    model = InfiniModel(onnx_path, threads=threads)
+    rng = np.random.default_rng(streams)
+    members = []
+    for _ in range(streams):
+        stream = Stream(model)
+        stream.feed(rng.integers(0, vocab, model.config.segment_len))
+        members.append(stream)
+    steps = StreamBatch(members).generate(max_new_tokens=tokens + 2, temperature=0)
+    next(steps), next(steps)  # warm-up
+    times = time_calls(lambda: next(steps), tokens)
+    return {"streams": streams, "step_ms": [t * 1e3 for t in times]}
+
+
 def itp_kwargs(config, params: int) -> dict:
     """infini-transformer-pytorch settings of the same width, depth, heads, head_dim and memory
     rule as `config`, its feed-forward width chosen so the parameter count is closest to

@@ -1,8 +1,8 @@
 """One measurement in a fresh process: `python -m infini_onnx.bench.worker JOB.json`.
 
-Jobs (JSON): {"kind": "ceiling" | "sweep" | "point", "system": {...}, "threads": n, "out": path,
-...}. The parent sets the thread variables of every library in the environment before this
-process starts; results are written to `out` as JSON (rewritten after every stream point, so a
+Jobs (JSON): {"kind": "ceiling" | "sweep" | "point" | "batch", "system": {...}, "threads": n,
+"out": path, ...}. The parent sets the thread variables of every library in the environment before
+this process starts; results are written to `out` as JSON (rewritten after every stream point, so a
 run stopped by a timeout still leaves what it measured).
 """
 
@@ -33,11 +33,12 @@ def build_system(spec: dict, threads: int):
         system = systems.TorchReference(Path(spec["model_dir"]), threads)
     elif kind == "itp":
         system = systems.InfiniTransformerPytorch(spec["kwargs"], spec["chunk"], threads)
-    elif kind == "llama":
+    elif kind in ("llama", "optimum"):
         from infini_onnx.modeldir import load_config
 
         config = load_config(spec["model_dir"])
-        system = systems.OrtFullAttention(Path(spec["onnx"]), config, threads)
+        full = systems.OrtFullAttention if kind == "llama" else systems.OptimumLlama
+        system = full(Path(spec["onnx"]), config, threads)
     else:
         raise ValueError(f"unknown system type {kind!r}")
     system.params = spec.get("params") or system.params
@@ -134,14 +135,33 @@ def point(job: dict, out: Path) -> None:
 
 
 def ceiling(job: dict, out: Path) -> None:
-    from infini_onnx.bench.machine import matmul_gflops
+    """The matmul ceiling and the bandwidth probe of each weights size in job["probe_bytes"]."""
+    from infini_onnx.bench.machine import bandwidth_probe, matmul_gflops
 
-    write(out, matmul_gflops(job["threads"]))
+    result = matmul_gflops(job["threads"])
+    result["bandwidth"] = bandwidth_probe(job["threads"], job.get("probe_bytes", {}))
+    write(out, result)
+
+
+def batch(job: dict, out: Path) -> None:
+    """Batched decode of an infini-onnx graph: step times for each number of streams."""
+    from infini_onnx.bench.systems import batch_decode
+
+    onnx_path = Path(job["system"]["onnx"])
+    runs = []
+    for streams in job["streams"]:
+        run = batch_decode(onnx_path, job["threads"], streams, job["decode_tokens"], job["vocab"])
+        run["step_ms"] = summary(run["step_ms"])
+        run["tok_s"] = streams / run["step_ms"]["median"] * 1e3
+        runs.append(run)
+        write(out, {"batches": runs})
+        print(f"    {streams:>3} streams: {run['tok_s']:,.0f} tok/s", flush=True)
 
 
 def main() -> None:
     job = json.loads(Path(sys.argv[1]).read_text())
-    {"sweep": sweep, "point": point, "ceiling": ceiling}[job["kind"]](job, Path(job["out"]))
+    kinds = {"sweep": sweep, "point": point, "ceiling": ceiling, "batch": batch}
+    kinds[job["kind"]](job, Path(job["out"]))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@
 - Memory-path nodes renamed with MEMORY_PREFIX.
 - Output dimensions named after the contract (`logits_len`, `present_len`) instead of the
   tracer's symbolic expressions.
+- Weights the model stacks at run time (the fused q/k/v and gate/up projections) folded into
+  one initializer each, so the file holds each weight once and the quantisers see a plain
+  MatMul of an initializer (docs/export.md, "Fusions").
 - The model metadata (stepgraph.metadata).
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import onnx
 import onnx_ir as ir
+from onnxscript.optimizer import fold_constants
 
 from infini_onnx.errors import InfiniError
 from infini_onnx.stepgraph.memory_path import NodeRef, find_memory_path
@@ -24,6 +28,7 @@ def finalize(model: ir.Model, opset: int, metadata: dict[str, str]) -> int:
     got = model.opset_imports.get("")
     if got != opset:
         raise InfiniError(f"unsupported opset {opset}: the exporter produced opset {got}")
+    fold_weights(model)
     model.ir_version = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
     nodes = list(model.graph)
     for node in nodes:
@@ -36,6 +41,22 @@ def finalize(model: ir.Model, opset: int, metadata: dict[str, str]) -> int:
             value.shape = ir.Shape(dims)
     model.metadata_props.update(metadata)
     return memory
+
+
+def fold_weights(model: ir.Model) -> None:
+    """Fold Concat and Transpose of initializers whatever their size (the optimizer of
+    torch.onnx leaves large ones), then drop the initializers nothing reads any more."""
+    weight_ops = {"Concat", "Transpose"}
+    fold_constants(
+        model,
+        input_size_limit=2**62,
+        output_size_limit=2**62,
+        should_fold=lambda node: True if node.op_type in weight_ops else None,
+    )
+    used = {v.name for node in model.graph for v in node.inputs if v is not None}
+    used.update(v.name for v in model.graph.outputs)
+    for name in [n for n in model.graph.initializers if n not in used]:
+        del model.graph.initializers[name]
 
 
 def name_memory_path(graph: ir.Graph, nodes: list[ir.Node]) -> int:

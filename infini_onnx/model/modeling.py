@@ -105,7 +105,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x32 = x.to(wide(x.dtype))
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        # x / sqrt(...), not x * rsqrt(...): ONNX Runtime fuses this form into one
+        # SimplifiedLayerNormalization node (docs/export.md, "Fusions").
+        x32 = x32 / torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (x32 * self.weight.to(x32.dtype)).to(x.dtype)
 
 
@@ -143,13 +145,18 @@ class InfiniAttention(nn.Module):
         self.gate = nn.Parameter(torch.zeros(H))  # beta: one scalar per query head
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, T, D] -> q [B, H, T, d], k [B, G, T, d], v [B, G, T, d] (before RoPE)."""
+        """x [B, T, D] -> q [B, H, T, d], k [B, G, T, d], v [B, G, T, d] (before RoPE).
+
+        One matmul with the three weights stacked: the exported graph reads x once (and an
+        int8 graph quantises it once) instead of three times (docs/export.md, "Fusions")."""
         c = self.config
         B, T, _ = x.shape
         H, G, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        q = self.q_proj(x).view(B, T, H, d).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, G, d).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, G, d).transpose(1, 2)
+        qkv_weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        q, k, v = F.linear(x, qkv_weight).split([H * d, G * d, G * d], dim=-1)
+        q = q.view(B, T, H, d).transpose(1, 2)
+        k = k.view(B, T, G, d).transpose(1, 2)
+        v = v.view(B, T, G, d).transpose(1, 2)
         return q, k, v
 
     def local(
@@ -167,9 +174,14 @@ class InfiniAttention(nn.Module):
         present_value = torch.cat([past_value, v], dim=2)
         key_pos = torch.arange(P + T, device=q.device)
         causal = key_pos[None, :] <= (P + torch.arange(T, device=q.device))[:, None]  # [T, P+T]
+        # The mask as an additive bias: one small [T, P+T] select and a broadcast Add, not a
+        # select over every head's scores (a third of the non-matmul time of an exported
+        # ingest call; docs/export.md, "Fusions").
+        f = wide(q.dtype)
+        bias = torch.zeros(causal.shape, dtype=f, device=q.device).masked_fill(~causal, -torch.inf)
         q_rot = apply_rope(q, cos, sin).view(B, G, c.num_groups, T, d)
         scores = (q_rot @ present_key.unsqueeze(2).transpose(-1, -2)) / d**0.5  # [B,G,r,T,P+T]
-        scores = scores.to(wide(scores.dtype)).masked_fill(~causal, float("-inf"))
+        scores = scores.to(f) + bias
         a_dot = scores.softmax(-1).to(v.dtype) @ present_value.unsqueeze(2)  # [B, G, r, T, d]
         return a_dot, present_key, present_value
 
@@ -224,9 +236,12 @@ class DecoderLayer(nn.Module):
         )
 
     def feed_forward(self, x: Tensor) -> Tensor:
-        """The residual MLP block (SwiGLU) of x [B, T, D]."""
+        """The residual MLP block (SwiGLU) of x [B, T, D]; gate and up in one matmul (see
+        InfiniAttention.project)."""
         h = self.post_attention_layernorm(x)
-        return x + self.mlp.down_proj(F.silu(self.mlp.gate_proj(h)) * self.mlp.up_proj(h))
+        gate_up_weight = torch.cat([self.mlp.gate_proj.weight, self.mlp.up_proj.weight])
+        gate, up = F.linear(h, gate_up_weight).chunk(2, dim=-1)
+        return x + self.mlp.down_proj(F.silu(gate) * up)
 
     def forward(
         self, x: Tensor, *state: Tensor, write_weights: Tensor | None = None

@@ -18,6 +18,8 @@ from infini_onnx.stepgraph.memory_path import memory_node_names
 from infini_onnx.stepgraph.metadata import StepGraphInfo, check_io
 from infini_onnx.stepgraph.names import MEMORY_OUTPUTS
 
+# An RMSNorm's statistics, in graph order (the Reciprocal only in graphs of infini-onnx 0.1).
+NORM_STATISTICS = ("Pow", "ReduceMean", "Add", "Sqrt", "Reciprocal")
 QUANTIZED_OPS = frozenset(
     {
         "QuantizeLinear",
@@ -41,7 +43,7 @@ class GraphPlan:
     embedding: str | None  # the Gather node reading the embedding table
     memory_path: frozenset[str]  # nodes on the memory path: never quantised
     memory_matmuls: tuple[str, ...]  # the activation x activation MatMuls of the memory path
-    norm_statistics: frozenset[str]  # RMSNorm's mean(x^2) .. rsqrt chains (float32 in fp16)
+    norm_statistics: frozenset[str]  # RMSNorm's mean(x^2) .. sqrt chains (float32 in fp16)
 
 
 def load_step_graph(path: str | Path) -> tuple[onnx.ModelProto, StepGraphInfo]:
@@ -103,17 +105,18 @@ def plan_graph(model: onnx.ModelProto) -> GraphPlan:
 def _norm_statistics(
     nodes: list[onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]]
 ) -> list[str]:
-    """The nodes of every RMSNorm from Pow(x, 2) to Reciprocal (rsqrt of mean + eps)."""
+    """The nodes of every RMSNorm from Pow(x, 2) to Sqrt(mean + eps), and the Reciprocal after
+    it in graphs of infini-onnx 0.1 (which wrote x * rsqrt(...), not x / sqrt(...))."""
     found = []
     for node in nodes:
         if node.op_type != "Pow":
             continue
         chain = [node]
-        while chain[-1].op_type != "Reciprocal" and len(chain) < 6:
+        for op in NORM_STATISTICS[1:]:
             nxt = consumers.get(chain[-1].output[0], [])
-            if len(nxt) != 1:
+            if len(nxt) != 1 or nxt[0].op_type != op:
                 break
             chain.append(nxt[0])
-        if chain[-1].op_type == "Reciprocal":
+        if len(chain) >= NORM_STATISTICS.index("Sqrt") + 1:
             found += [n.name for n in chain]
     return found
