@@ -131,6 +131,7 @@ def test_report_derives_targets_and_writes(tmp_path):
     assert "3,000 [2,700-3,300]" in row and "12.788M" in row
     assert "| 64K |" in text and "300.00 [290.00-310.00]*" in text  # the synthetic point
     assert f"| {report.FP32} | 250 (1.0x) | 2,250 (9.0x) | 3.00 ms (10.0 MB" in text
+    assert f"| {report.INT8} |  |  | 1.00 ms (10.0 MB" in text  # no batches: empty cells
     assert "| 1M |" not in text  # skipped points have no row
     assert markdown.summary_text(results).count("| yes |") == len(
         [t for t in results["targets"] if t["met"]]
@@ -185,7 +186,7 @@ def test_worker_batch_and_probe(tiny_onnx, tmp_path):
     assert error is None
     probes = result["bandwidth"]
     assert {k: p["bytes"] for k, p in probes.items()} == sizes
-    assert probes["a"]["gb_s"] == pytest.approx(4 * MB / probes["a"]["ms"]["median"] / 1e6)
+    assert all(p["ms"]["n"] == 20 and p["ms"]["min"] > 0 for p in probes.values())
 
 
 def test_optimum_baseline_matches_the_llama(model_dir_factory, tmp_path):
@@ -207,7 +208,7 @@ def test_optimum_baseline_matches_the_llama(model_dir_factory, tmp_path):
     system.ingest(ids[:32])
     system.ingest(ids[32:])
     c = model.config
-    logits, _ = system._run(torch.tensor([[7]]), system.past, system.seen)
+    logits, _ = system.forward(torch.tensor([[7]]), system.past, system.seen)
     with torch.no_grad():
         zero = torch.zeros(1, c.num_key_value_heads, 0, c.head_dim)
         full = torch.from_numpy(np.append(ids, 7)[None])

@@ -459,3 +459,16 @@ def test_init_weights_is_seeded_with_unit_norms_and_even_gates(model_dir_factory
             assert torch.all(p == 0.0), name
         else:
             assert 0.015 < p.std().item() < 0.025, name
+
+
+def test_pytorch_runs_each_projection_on_its_own(model_dir_factory):
+    """Eager PyTorch calls q/k/v and gate/up one by one (stacking their weights, as the exported
+    graph does, would copy them at every call and slow the reference down)."""
+    model = from_pretrained(model_dir_factory())
+    calls = []
+    for name, module in model.named_modules():
+        if name.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+            module.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))
+    assert len(calls) == 5 * model.config.num_hidden_layers

@@ -12,7 +12,15 @@ import numpy as np
 from infini_onnx.bench.stats import summary, time_calls
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
-PACKAGES = ("numpy", "onnxruntime", "torch", "infini-transformer-pytorch", "infini-onnx")
+PACKAGES = (
+    "numpy",
+    "onnxruntime",
+    "torch",
+    "infini-transformer-pytorch",
+    "optimum-onnx",
+    "transformers",
+    "infini-onnx",
+)
 
 
 def cpu_info() -> dict:

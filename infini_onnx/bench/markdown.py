@@ -61,26 +61,25 @@ def _summary(results: dict) -> list[str]:
 
 def _decode_limits(results: dict) -> list[str]:
     """Batched decode and the bandwidth probe of each infini-onnx variant."""
-    rows = []
-    for name, s in results["systems"].items():
-        runs, probe = s.get("batches", []), s.get("probe")
-        if not runs and not probe:
-            continue
-        one = next((b["tok_s"] for b in runs if b["streams"] == 1), None)
-        cells = [
-            f"{b['tok_s']:,.0f}" + (f" ({b['tok_s'] / one:.1f}x)" if one else "") for b in runs
-        ]
-        probe_text = (
-            f"{probe['ms']['median']:.2f} ms ({probe['bytes'] / MB:.1f} MB at "
-            f"{probe['gb_s']:.1f} GB/s)"
-            if probe
-            else ""
-        )
-        rows.append(f"| {name} | " + " | ".join([*cells, probe_text]) + " |")
-    if not rows:
+    systems = {n: s for n, s in results["systems"].items() if "batches" in s or "probe" in s}
+    counts = sorted({b["streams"] for s in systems.values() for b in s.get("batches", [])})
+    if not systems:
         return []
-    streams = [b["streams"] for s in results["systems"].values() for b in s.get("batches", [])]
-    counts = sorted(set(streams))
+    rows = []
+    for name, s in systems.items():
+        runs = {b["streams"]: b["tok_s"] for b in s.get("batches", [])}
+        one = runs.get(1)
+        cells = [
+            f"{runs[n]:,.0f}" + (f" ({runs[n] / one:.1f}x)" if one else "") if n in runs else ""
+            for n in counts
+        ]
+        probe = s.get("probe")
+        if probe:
+            ms, mb = probe["ms"]["median"], probe["bytes"] / MB
+            cells.append(f"{ms:.2f} ms ({mb:.1f} MB at {probe['gb_s']:.1f} GB/s)")
+        else:
+            cells.append("")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return [
         "## Batched decode and the bandwidth limit",
         "",
@@ -91,9 +90,10 @@ def _decode_limits(results: dict) -> list[str]:
         *rows,
         "",
         "Batched decode: StreamBatch of that many streams (each after one segment of its own "
-        "tokens), one graph call per step for all; tokens/s and the gain over one stream. "
-        "Bandwidth probe: an ONNX Runtime float32 GEMV over a matrix of the graph file's size "
-        "(the faster of the runs before and after the systems).",
+        "tokens), one graph call per step for all; tokens/s and the gain over one stream (int8 "
+        "runs a batch row by row, by design: docs/runtime.md). Bandwidth probe: an ONNX Runtime "
+        "float32 GEMV over a matrix of the graph file's size (the faster of the runs before and "
+        "after the systems).",
         "",
     ]
 

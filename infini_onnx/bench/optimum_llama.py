@@ -8,13 +8,19 @@ built from the local model directory.
 
 from __future__ import annotations
 
+import logging
 import shutil
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infini_onnx.model import InfiniLlamaForCausalLM
 
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
-def hf_llama(model: InfiniLlamaForCausalLM):
+
+def hf_llama(model: InfiniLlamaForCausalLM) -> LlamaForCausalLM:
     """A transformers LlamaForCausalLM with the same weights (positions from the stream start,
     no memory): the model a user without infini-attention would run."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -47,11 +53,16 @@ def export_optimum(model: InfiniLlamaForCausalLM, out_dir: Path) -> Path:
     """optimum's ONNX export of `hf_llama(model)` into out_dir (model.onnx, config.json, ...),
     renamed into place only when complete."""
     from optimum.exporters.onnx import main_export
+    from transformers.utils import logging as hf_logging
 
     scratch = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     hf_llama(model).save_pretrained(scratch / "hf")
-    main_export(str(scratch / "hf"), str(scratch / "onnx"), task="text-generation-with-past")
+    hf_logging.set_verbosity_error()  # the tracer's warnings and deprecation notes
+    logging.getLogger("optimum").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(scratch / "hf"), str(scratch / "onnx"), task="text-generation-with-past")
     (scratch / "onnx").rename(out_dir)
     shutil.rmtree(scratch)
     return out_dir

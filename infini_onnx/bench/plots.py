@@ -94,7 +94,12 @@ def write_all(results: dict, out_dir: Path) -> list[Path]:
         if "probe" in s:
             ms = s["probe"]["ms"]["median"]
             ax.axhline(ms, ls="--", lw=0.8, color="gray")
-            ax.annotate(f"probe: {name.split()[-1]} weights read once", (1, ms), fontsize=6)
+            ax.annotate(
+                f"probe: {name.split()[-1]} weights read once",
+                (0.01, ms),
+                xycoords=("axes fraction", "data"),
+                fontsize=6,
+            )
     ax.set_yscale("log")
     ax.set_ylabel("decode latency (ms/token, median, min-max)")
     save(fig, ax, "decode.png", "Per-token decode latency against stream position")

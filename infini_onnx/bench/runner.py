@@ -71,7 +71,7 @@ def system_specs(models: Models, config: InfiniConfig, params: int) -> tuple[lis
             "PyTorch reference", "baseline", dict(type="torch", model_dir=str(models.model_dir))
         )
     )
-    notes = []
+    notes = list(models.notes)
     if find_spec("infini_transformer_pytorch") is None:
         notes.append(
             "infini-transformer-pytorch is not installed (pip install 'infini-onnx[bench]'): "
@@ -105,7 +105,7 @@ def system_specs(models: Models, config: InfiniConfig, params: int) -> tuple[lis
                 dict(type="optimum", onnx=str(models.onnx["optimum"]), **full),
             )
         )
-    else:
+    elif not models.notes:
         notes.append(
             "optimum-onnx is not installed (pip install 'infini-onnx[bench]'): the optimum "
             "full-attention baseline was skipped"

@@ -210,14 +210,15 @@ class OptimumLlama:
         self.past = tuple((random(), random()) for _ in range(self.layers))
         self.seen = tokens
 
-    def _run(self, ids, past, seen: int):
+    def forward(self, ids, past, seen: int):
+        """One call: ids [1, T] after `seen` tokens with cache `past` -> (logits, cache)."""
         mask = self.torch.ones(1, seen + ids.shape[1], dtype=self.torch.long)
         with self.torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, past_key_values=past)
         return out.logits, out.past_key_values
 
     def ingest(self, ids: np.ndarray) -> None:
-        _, self.past = self._run(self.torch.from_numpy(ids[None]), self.past, self.seen)
+        _, self.past = self.forward(self.torch.from_numpy(ids[None]), self.past, self.seen)
         self.seen += len(ids)
 
     def decode(self, tokens: int) -> list[float]:
@@ -225,7 +226,7 @@ class OptimumLlama:
 
         def step() -> None:
             nonlocal past, seen, token
-            logits, past = self._run(token, past, seen)
+            logits, past = self.forward(token, past, seen)
             seen += 1
             token = logits[:, -1:].argmax(-1)
 

@@ -97,6 +97,17 @@ def memory_write(
 # --- Llama building blocks -----------------------------------------------------------------
 
 
+def stacked_linear(x: Tensor, *layers: nn.Linear) -> tuple[Tensor, ...]:
+    """x through bias-free Linear layers that share it as input. When exported, one matmul of
+    the stacked weights (folded into one initializer at export): the graph reads x once, and
+    an int8 graph quantises it once (docs/export.md, "Fusions"). In PyTorch one call each:
+    stacking would copy the weights at every call."""
+    if torch.compiler.is_exporting():
+        sizes = [layer.out_features for layer in layers]
+        return F.linear(x, torch.cat([layer.weight for layer in layers])).split(sizes, dim=-1)
+    return tuple(layer(x) for layer in layers)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -145,15 +156,11 @@ class InfiniAttention(nn.Module):
         self.gate = nn.Parameter(torch.zeros(H))  # beta: one scalar per query head
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, T, D] -> q [B, H, T, d], k [B, G, T, d], v [B, G, T, d] (before RoPE).
-
-        One matmul with the three weights stacked: the exported graph reads x once (and an
-        int8 graph quantises it once) instead of three times (docs/export.md, "Fusions")."""
+        """x [B, T, D] -> q [B, H, T, d], k [B, G, T, d], v [B, G, T, d] (before RoPE)."""
         c = self.config
         B, T, _ = x.shape
         H, G, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        qkv_weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        q, k, v = F.linear(x, qkv_weight).split([H * d, G * d, G * d], dim=-1)
+        q, k, v = stacked_linear(x, self.q_proj, self.k_proj, self.v_proj)
         q = q.view(B, T, H, d).transpose(1, 2)
         k = k.view(B, T, G, d).transpose(1, 2)
         v = v.view(B, T, G, d).transpose(1, 2)
@@ -236,11 +243,9 @@ class DecoderLayer(nn.Module):
         )
 
     def feed_forward(self, x: Tensor) -> Tensor:
-        """The residual MLP block (SwiGLU) of x [B, T, D]; gate and up in one matmul (see
-        InfiniAttention.project)."""
+        """The residual MLP block (SwiGLU) of x [B, T, D]."""
         h = self.post_attention_layernorm(x)
-        gate_up_weight = torch.cat([self.mlp.gate_proj.weight, self.mlp.up_proj.weight])
-        gate, up = F.linear(h, gate_up_weight).chunk(2, dim=-1)
+        gate, up = stacked_linear(h, self.mlp.gate_proj, self.mlp.up_proj)
         return x + self.mlp.down_proj(F.silu(gate) * up)
 
     def forward(

@@ -117,6 +117,6 @@ def _norm_statistics(
             if len(nxt) != 1 or nxt[0].op_type != op:
                 break
             chain.append(nxt[0])
-        if len(chain) >= NORM_STATISTICS.index("Sqrt") + 1:
+        if len(chain) >= 4:  # up to Sqrt at least
             found += [n.name for n in chain]
     return found

@@ -48,7 +48,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.intra_op_num_threads = threads or default_threads()
     # A decode call is hundreds of small ops: waking a sleeping worker for each costs more than
-    # the op (decode 1.5-2x slower without spinning). Spinning stops when a call returns, so
+    # the op (decode 1.1-1.6x slower without spinning). Spinning stops when a call returns, so
     # no core burns between calls (docs/runtime.md, "Threads").
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
     so.add_session_config_entry("session.force_spinning_stop", "1")
