@@ -2,7 +2,8 @@
 
 The haystack is generated as a stream (never whole in memory) and fed through ONNX Runtime;
 the model then answers the question greedily. Runs on an .onnx file, or on a model directory
-that is exported and int8-quantised on first use and cached.
+that is exported and int8-quantised on first use and cached; an installed package carries the
+shipped model's int8 graph.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from infini_onnx.runtime import InfiniModel, Stream
 from infini_onnx.runtime.progress import Progress, rss_bytes
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "passkey-tiny"
+# The same model exported and int8-quantised, inside the package: what a runtime-only install
+# (no torch, no examples/) runs. Rebuilt with the commands in docs/runtime.md, "The demo model".
+PACKAGED_MODEL = Path(__file__).resolve().parent / "data" / "passkey-tiny-int8.onnx"
 DEPTHS = {"start": 0.0, "middle": 0.5, "end": 1.0}
 WARM_TOKENS = 50_000
 
@@ -32,8 +36,11 @@ def cache_dir() -> Path:
 
 
 def resolve_model(model: str | Path | None, log=print) -> Path:
-    """An .onnx path for `model`: an .onnx file as is; a model directory (default: the shipped
-    pass-key model) exported and int8-quantised once, then taken from the cache."""
+    """An .onnx path for `model`: an .onnx file as is; a model directory exported and
+    int8-quantised once, then taken from the cache. Default: the shipped pass-key model's
+    directory in a source checkout, its packaged int8 graph in an installed package."""
+    if model is None and not SHIPPED_MODEL.is_dir():
+        return PACKAGED_MODEL
     path = Path(model) if model is not None else SHIPPED_MODEL
     if path.is_file():
         return path

@@ -155,3 +155,58 @@ def test_shipped_model_retrieves_at_16k_through_onnx_runtime_int8(shipped_int8):
     16K tokens back at every depth (a length whose question sits inside one segment)."""
     table = demo.sweep(shipped_int8, [16_377], demo.DEPTHS, 1, seed=0, log=lambda _: None)
     assert table == {16_377: {"start": 1.0, "middle": 1.0, "end": 1.0}}
+
+
+def test_packaged_demo_model_is_the_shipped_model(shipped_int8, monkeypatch):
+    """The int8 graph inside the package is the shipped model directory's (same model_id) and
+    answers as a fresh export does; it is the default where the directory is absent."""
+    import numpy as np
+
+    from infini_onnx import modeldir
+    from infini_onnx.runtime import InfiniModel, Stream
+
+    packaged = InfiniModel(demo.PACKAGED_MODEL, threads=1)
+    assert packaged.variant == "int8"
+    assert packaged.model_id == modeldir.model_id(demo.SHIPPED_MODEL)
+    ids = np.random.default_rng(0).integers(0, packaged.config.vocab_size, 300)
+    fresh = Stream(InfiniModel(shipped_int8, threads=1)).feed(ids, all_logits=True)
+    np.testing.assert_allclose(Stream(packaged).feed(ids, all_logits=True), fresh, atol=1e-4)
+
+    monkeypatch.setattr(demo, "SHIPPED_MODEL", demo.SHIPPED_MODEL.with_name("not-here"))
+    assert demo.resolve_model(None, log=lambda _: None) == demo.PACKAGED_MODEL
+
+
+@pytest.mark.slow
+def test_runtime_only_wheel_runs_the_demo(tmp_path):
+    """The wheel, installed alone in a fresh venv (no torch, no onnx), runs `infini demo passkey`
+    on the model it carries. Built from a copy of the repository's files, not in place."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=repo, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    source = tmp_path / "src"
+    for name in filter(None, listed):
+        if (repo / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((repo / name).read_bytes())
+    run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # noqa: E731
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                "-q", "-w", str(tmp_path / "dist"), str(source))  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    wheel = next((tmp_path / "dist").glob("infini_onnx-*.whl"))
+    venv = tmp_path / "venv"
+    assert run(sys.executable, "-m", "venv", str(venv)).returncode == 0
+    python = venv / "bin" / "python"
+    installed = run(str(python), "-m", "pip", "install", "-q", str(wheel))
+    assert installed.returncode == 0, installed.stderr
+    absent = run(str(python), "-c", "import importlib.util as u; print(u.find_spec('torch'), "
+                 "u.find_spec('onnx'))")  # fmt: skip
+    assert absent.stdout.split() == ["None", "None"]
+    demo_run = run(str(venv / "bin" / "infini"), "demo", "passkey", "--length", "20000")
+    assert demo_run.returncode == 0, demo_run.stderr
+    assert "answer" in demo_run.stdout and "first use" not in demo_run.stdout

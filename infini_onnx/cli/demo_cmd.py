@@ -81,7 +81,8 @@ def passkey_command(
     """Find a pass key hidden in a stream of LENGTH tokens.
 
     MODEL is an .onnx file or a model directory (exported and int8-quantised on first use,
-    then cached); the default is the shipped examples/models/passkey-tiny. --sweep measures
+    then cached); the default is the shipped pass-key model: examples/models/passkey-tiny in a
+    source checkout, its int8 graph inside the package otherwise (no torch needed). --sweep measures
     accuracy over many lengths and depths (--seed chooses the keys).
     """
     import json
