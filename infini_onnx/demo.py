@@ -70,6 +70,7 @@ class Trial:
     seconds: float
     rss_warm: int  # resident memory after WARM_TOKENS (ONNX Runtime's buffers all allocated)
     rss_end: int  # after the whole haystack
+    warm_tokens: int  # tokens fed when rss_warm was read (all of them in a shorter stream)
 
     @property
     def correct(self) -> bool:
@@ -84,13 +85,13 @@ def run_trial(
     tokenizer = model.tokenizer
     progress = Progress(out) if out is not None else None
     rss_warm: int | None = None
-    fed, start = 0, time.perf_counter()
+    fed, warm_tokens, start = 0, 0, time.perf_counter()
 
     def chunks():
-        nonlocal fed, rss_warm
+        nonlocal fed, rss_warm, warm_tokens
         for text in passkey.haystack(length, depth, key):
             if fed >= WARM_TOKENS and rss_warm is None:  # the chunks so far have gone through
-                rss_warm = rss_bytes()
+                rss_warm, warm_tokens = rss_bytes(), fed
             ids = tokenizer.encode(text, add_special_tokens=False).ids
             fed += len(ids)
             if progress:
@@ -105,8 +106,10 @@ def run_trial(
     ids = list(stream.generate(max_new_tokens=n_answer, temperature=0, stop=()))
     seconds = time.perf_counter() - start
     answer = tokenizer.decode(ids)
-    warm = rss_end if rss_warm is None else rss_warm
-    return Trial(length, depth, key, answer, stream.tokens_seen, seconds, warm, rss_end)
+    if rss_warm is None:
+        rss_warm, warm_tokens = rss_end, stream.tokens_seen
+    tokens = stream.tokens_seen
+    return Trial(length, depth, key, answer, tokens, seconds, rss_warm, rss_end, warm_tokens)
 
 
 def parse_lengths(lengths: str | None, grid: str | None) -> list[int]:

@@ -45,3 +45,11 @@ def test_stream_help_loads_no_runtime():
     text, loaded = run_infini("stream", "--help")
     assert "--device [cpu|cuda|tensorrt]" in text
     assert loaded == set()
+
+
+def test_python_dash_m_is_the_infini_command():
+    """`python -m infini_onnx` (for `pip install --target` installs, which have no scripts)."""
+    out = subprocess.run([sys.executable, "-m", "infini_onnx", "demo", "--help"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Usage: infini demo [OPTIONS] COMMAND") and "passkey" in out.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -82,12 +83,16 @@ def test_demo_trial_reads_the_key_back(shipped_int8, tiny_onnx):
     assert guess.answer != passkey.answer("54321") and not guess.correct
 
 
-def test_demo_cli_single_run_and_sweep(tiny_onnx):
+def test_demo_cli_single_run_and_sweep(tiny_onnx, monkeypatch):
     _, onnx_path = tiny_onnx
     result = CliRunner().invoke(main, ["demo", "passkey", str(onnx_path), "--length", "2000"])
     assert result.exit_code == 0, result.output
     assert "pass key" in result.output and "answer" in result.output
-    assert "resident memory" in result.output and "MB after all" in result.output
+    assert "resident memory" in result.output and "MB after all\n" in result.output
+    assert "tokens, " not in result.output  # no reading after a warm-up the stream never had
+    monkeypatch.setattr(demo, "WARM_TOKENS", 1000)
+    result = CliRunner().invoke(main, ["demo", "passkey", str(onnx_path), "--length", "2000"])
+    assert re.search(r"MB after 1,\d{3} tokens, [\d.]+ MB after all \([+-]\d", result.output)
 
     args = ["demo", "passkey", str(onnx_path), "--sweep", "--lengths", "500,1000", "--trials", "2"]
     result = CliRunner().invoke(main, args)

@@ -121,7 +121,11 @@ def passkey_command(
     click.echo(f"pass key {key} at depth {depth:.2f} of {trial.tokens:,} tokens")
     click.echo(f"answer  {trial.answer.strip()!r}: {'correct' if trial.correct else 'WRONG'}")
     click.echo(f"time {trial.seconds:.1f} s ({trial.tokens / trial.seconds:,.0f} tok/s)")
-    click.echo(
-        f"resident memory {trial.rss_warm / mb:.1f} MB after {demo.WARM_TOKENS:,} tokens, "
-        f"{trial.rss_end / mb:.1f} MB after all ({(trial.rss_end - trial.rss_warm) / mb:+.1f} MB)"
-    )
+    if trial.warm_tokens < trial.tokens:
+        grown = (trial.rss_end - trial.rss_warm) / mb
+        click.echo(
+            f"resident memory {trial.rss_warm / mb:.1f} MB after {trial.warm_tokens:,} tokens, "
+            f"{trial.rss_end / mb:.1f} MB after all ({grown:+.1f} MB)"
+        )
+    else:  # too short for a reading after the warm-up
+        click.echo(f"resident memory {trial.rss_end / mb:.1f} MB after all")
