@@ -187,23 +187,11 @@ def test_runtime_only_wheel_runs_the_demo(tmp_path):
     on the model it carries. Built from a copy of the repository's files, not in place."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=repo, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")  # fmt: skip
-    source = tmp_path / "src"
-    for name in filter(None, listed):
-        if (repo / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            (source / name).write_bytes((repo / name).read_bytes())
+    from edge.runtime_wheel import build_wheel
+
+    wheel = build_wheel(tmp_path)
     run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # noqa: E731
-    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                "-q", "-w", str(tmp_path / "dist"), str(source))  # fmt: skip
-    assert built.returncode == 0, built.stderr
-    wheel = next((tmp_path / "dist").glob("infini_onnx-*.whl"))
     venv = tmp_path / "venv"
     assert run(sys.executable, "-m", "venv", str(venv)).returncode == 0
     python = venv / "bin" / "python"
