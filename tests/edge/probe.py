@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import tokenizers
 
 from infini_onnx.runtime import InfiniModel, Stream
 
@@ -39,6 +40,7 @@ def main(out: str, text_file: str, *models: str) -> None:
         "machine": platform.machine(),
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
+        "tokenizers": tokenizers.__version__,
         "torch_importable": importlib.util.find_spec("torch") is not None,
         "onnx_importable": importlib.util.find_spec("onnx") is not None,
     }
