@@ -61,6 +61,7 @@ PROBE = Path(__file__).with_name("probe.py")
 SETUP_TIMEOUT = 900  # s, each set-up step (apt-get, mmdebstrap, pip)
 CALL_TIMEOUT = 600  # s, each command on either machine (the emulated demo takes about 120 s)
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+APT_ENV_ARGS = [f"{k}={v}" for k, v in APT_ENV.items()]  # through sudo, which drops the rest
 # An ARM /proc/cpuinfo for onnxruntime: QEMU passes the host's x86 one through, on which
 # onnxruntime's CPU detection crashes. One entry per core.
 CPUINFO_ENTRY = """processor\t: {n}
@@ -137,16 +138,23 @@ def install_emulator() -> None:
     missing = [t for t in ("qemu-aarch64-static", "mmdebstrap") if shutil.which(t) is None]
     if not missing:
         return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
+    # apt-get as root, or through sudo when it asks no password
+    as_root = [] if os.geteuid() == 0 else ["sudo", "-n", "env", *APT_ENV_ARGS]
+    sudo_works = not as_root or (
+        shutil.which("sudo")
+        and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0
+    )
+    if shutil.which("apt-get") is None or not sudo_works:
         raise SetupError(
             f"{' and '.join(missing)} not found, and apt-get cannot install them here (it needs "
-            "root on Debian or Ubuntu): install the packages qemu-user-static and mmdebstrap"
+            "Debian or Ubuntu, and root or sudo without a password): install the packages "
+            "qemu-user-static and mmdebstrap"
         )
-    install = ["apt-get", "install", "-y", "-q", "qemu-user-static", "mmdebstrap"]
+    install = [*as_root, "apt-get", "install", "-y", "-q", "qemu-user-static", "mmdebstrap"]
     try:
         run_setup(install, "installing qemu-user-static and mmdebstrap")
     except SetupError:  # stale package lists?
-        run_setup(["apt-get", "update", "-q"], "updating the package lists")
+        run_setup([*as_root, "apt-get", "update", "-q"], "updating the package lists")
         run_setup(install, "installing qemu-user-static and mmdebstrap")
 
 
