@@ -174,12 +174,13 @@ def set_up_aarch64(job: Job) -> None:
          "bookworm", str(job.root)],
         "unpacking Debian's arm64 Python",
     )  # fmt: skip
-    cores = len(os.sched_getaffinity(0))
+    from infini_onnx.runtime.device import default_threads  # the cores this process may use
+
     (job.root / "proc").mkdir(exist_ok=True)  # the extract variant makes no /proc
     features, variant, part = CPUS[job.cpu]
     cpuinfo = "".join(
         CPUINFO_ENTRY.format(n=n, features=features, variant=variant, part=part)
-        for n in range(cores)
+        for n in range(default_threads())
     )
     (job.root / "proc" / "cpuinfo").write_text(cpuinfo)
     job.log(f"aarch64 Python unpacked in {job.root}")

@@ -25,8 +25,7 @@ GREEDY_TOKENS = 32
 def probe(model_path: Path, text: str) -> dict[str, np.ndarray]:
     model = InfiniModel(model_path)
     stream = Stream(model)
-    ids = model.tokenizer.encode(text, add_special_tokens=False).ids
-    logits = stream.feed(ids, all_logits=True)  # [S, V]
+    logits = stream.feed_text(text, all_logits=True)  # [S, V]
     greedy = list(stream.generate(max_new_tokens=GREEDY_TOKENS, temperature=0, stop=()))
     return {f"{model_path.stem}/logits": logits, f"{model_path.stem}/greedy": np.array(greedy)}
 
