@@ -7,7 +7,12 @@ processes included), and checks that no stream was lost or wrong: every answer's
 is what the client expects, and afterwards each stream's history replayed in the runtime here
 (in the same calls) gives the same generated tokens and the same final logits.
 
+With --abandon N, first N clients each start a 10,000-token generation and close their socket
+2 s later, unanswered; the latency of another stream's one-token feeds is printed while those
+generations run and right after their clients left (issue: one client must not stall others).
+
     python benchmarks/serve_load.py MODEL.onnx [--streams 64] [--seconds 60] [--replicas 2]
+        [--abandon 14]
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import numpy as np
 import psutil
 
 from infini_onnx.runtime import InfiniModel, Stream
+
+ABANDONED_TOKENS = 10_000
 
 
 class Connection:
@@ -66,6 +73,44 @@ def client(port: int, seed: int, deadline: float, results: list, history: dict) 
         results.append(("generate", status, seconds, 8, "wrong" if wrong else ""))
         calls.append(("generate", answer.get("ids")))
     history[sid] = (calls, expected, conn)
+
+
+def abandoned_generations(port: int, n: int) -> bool:
+    """Print another stream's one-token feed latency while n long generations run and after
+    their clients abandon them; True if every feed was answered 200."""
+    conn = Connection(port)
+
+    def create() -> str:
+        return conn.call("POST", "/v1/streams")[1]["id"]
+
+    other, sids = create(), [create() for _ in range(n)]
+
+    def abandon(sid: str) -> None:
+        body = json.dumps({"max_new_tokens": ABANDONED_TOKENS, "temperature": 0, "stop": []})
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(f"POST /v1/streams/{sid}/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n{body}".encode())  # fmt: skip
+            time.sleep(2.0)
+
+    def feeds(label: str, count: int) -> bool:
+        times = [conn.call("POST", f"/v1/streams/{other}/feed", {"ids": [1]}) for _ in range(count)]
+        ms = np.array([t[2] for t in times]) * 1e3
+        print(f"one-token feed, {label}: max {ms.max():.0f} ms, median {np.median(ms):.0f} ms "
+              f"({count} feeds)", flush=True)  # fmt: skip
+        return all(t[0] == 200 for t in times)
+
+    clients = [threading.Thread(target=abandon, args=(sid,)) for sid in sids]
+    for t in clients:
+        t.start()
+    time.sleep(0.5)
+    ok = feeds(f"{n} long generations running", 5)
+    for t in clients:
+        t.join()
+    ok &= feeds(f"right after their {n} clients left", 10)
+    counts = [conn.call("GET", f"/v1/streams/{sid}")[1]["tokens_seen"] for sid in sids]
+    print(f"abandoned generations stopped at {min(counts)}..{max(counts)} tokens "
+          f"(of {ABANDONED_TOKENS:,} asked)", flush=True)  # fmt: skip
+    return ok
 
 
 def tree_rss(pid: int) -> int:
@@ -112,6 +157,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--replica-cpus", type=float, default=0.5)
+    parser.add_argument("--abandon", type=int, default=0, help="abandoned generations first")
     args = parser.parse_args()
 
     with socket.socket() as s:
@@ -120,7 +166,8 @@ def main() -> int:
     state_dir = tempfile.mkdtemp(prefix="infini-load-")
     cmd = [sys.executable, "-c", "from infini_onnx.cli import main; main()", "serve", args.model,
            "--replicas", str(args.replicas), "--replica-cpus", str(args.replica_cpus),
-           "--port", str(port), "--state-dir", state_dir]  # fmt: skip
+           "--port", str(port), "--state-dir", state_dir,
+           "--max-new-tokens-limit", str(ABANDONED_TOKENS)]  # fmt: skip
     log = open(Path(state_dir) / "serve.log", "w")  # noqa: SIM115
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -132,6 +179,8 @@ def main() -> int:
             time.sleep(1)
         print(f"server up in {time.monotonic() - started:.0f} s; {args.streams} streams for "
               f"{args.seconds:.0f} s on {os.cpu_count()} cores", flush=True)  # fmt: skip
+        if args.abandon and not abandoned_generations(port, args.abandon):
+            return 1
         results: list = []
         history: dict = {}
         deadline = time.monotonic() + args.seconds

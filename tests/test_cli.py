@@ -53,3 +53,15 @@ def test_python_dash_m_is_the_infini_command():
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("Usage: infini demo [OPTIONS] COMMAND") and "passkey" in out.stdout
+
+
+def test_serve_refuses_nan_options_before_anything_starts(tmp_path):
+    """click's FloatRange lets nan through every comparison; `infini serve` refused it only
+    after Ray had started, with a traceback."""
+    for option in ("--max-body-mb", "--idle-timeout", "--replica-cpus"):
+        out = subprocess.run(
+            [sys.executable, "-m", "infini_onnx", "serve", str(tmp_path / "none.onnx"), option,
+             "nan"], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 2 and f"'{option}': 'nan' is not a finite number" in out.stderr
+        assert "Traceback" not in out.stderr

@@ -1,5 +1,6 @@
-"""`infini serve` for real: a local Ray with 2 replicas, 8 interleaved streams over HTTP, every
-result equal to the runtime's for the same stream alone; then 3 replicas, mid-stream.
+"""`infini serve` for real: a local Ray with 2 replicas, 24 interleaved streams over HTTP, every
+result equal to the runtime's for the same stream alone; then 3 replicas, mid-stream. Clients
+that abandon their generations lose nobody any data.
 
 Loopback only; the server is stopped at the end whatever happens."""
 
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +26,14 @@ import pytest
 pytest.importorskip("ray.serve", reason="needs the [serve] extra")
 
 from infini_onnx.runtime import InfiniModel, SamplingOptions, Stream  # noqa: E402
+from infini_onnx.serve.streams import StreamTable  # noqa: E402
 
 pytestmark = pytest.mark.slow
 INFINI = [sys.executable, "-c", "from infini_onnx.cli import main; main()"]
 # Stream ids are random and the router hashes them: with 24 streams the chance that none moves
 # to the replica added mid-test is (2/3)^24 < 1e-4 (with 8 it was 4%, and a CI run met it).
 STREAMS = 24
+LONG = 10_000  # max_new_tokens of the generations that clients abandon (the server's limit)
 
 
 def free_port() -> int:
@@ -80,7 +84,8 @@ def server(tiny_onnx, tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("serve-log") / "serve.log", "w+")  # noqa: SIM115
     cmd = [*INFINI, "serve", str(model_path), "--replicas", "2", "--port", str(port),
-           "--replica-cpus", "0.5", "--state-dir", str(state_dir)]  # fmt: skip
+           "--replica-cpus", "0.5", "--state-dir", str(state_dir),
+           "--max-new-tokens-limit", str(LONG)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client = Client(port)
     try:
@@ -140,7 +145,8 @@ def test_streams_through_http_equal_the_runtime_and_survive_a_replica_change(ser
     assert metric_sum(client, "infini_streams_restores_total") == 0
 
     cmd = [*INFINI, "serve", str(model_path), "--replicas", "3", "--address", "auto",
-           "--port", str(port), "--replica-cpus", "0.5", "--state-dir", str(state_dir)]  # fmt: skip
+           "--port", str(port), "--replica-cpus", "0.5", "--state-dir", str(state_dir),
+           "--max-new-tokens-limit", str(LONG)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     run_rounds(client, streams, alone, range(3, 6))
@@ -207,3 +213,85 @@ def test_serve_refuses_a_bad_model_or_port_before_starting_ray(tiny_onnx, tmp_pa
         )  # fmt: skip
     assert taken.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in taken.stderr
     assert "Traceback" not in missing.stderr + taken.stderr
+
+
+def abandon_generate(port: int, sid: str, seconds: float, stream: bool = False) -> None:
+    """Start a long greedy generation, then close the socket `seconds` later, unanswered."""
+    body = json.dumps({"max_new_tokens": LONG, "temperature": 0, "stop": [], "stream": stream})
+    head = (f"POST /v1/streams/{sid}/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head.encode() + body.encode())
+        time.sleep(seconds)
+
+
+def check_answers(answers: list[tuple[int, str]], state_dir: Path) -> None:
+    """No answer is a 500 or names a server path."""
+    for code, text in answers:
+        assert code != 500 and str(state_dir) not in text and ".state" not in text, text
+
+
+def test_abandoned_generations_lose_no_confirmed_feed(server):
+    """50 trials: a generation abandoned by its client, then 12 concurrent 40-token feeds. The
+    feeds ran one at a time after the generation stopped (their answers are 40 apart, ending at
+    the stream's count), and a replay from the state directory gives the served stream."""
+    client, model_path, port, state_dir = server
+    model = InfiniModel(model_path, threads=1)
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        sid = client.json("POST", "/v1/streams", {}, status=201)["id"]
+        abandon_generate(port, sid, 0.05 + 0.01 * (trial % 20), stream=trial % 2 == 1)
+        chunks = [rng.integers(0, 256, 40).tolist() for _ in range(12)]
+        with ThreadPoolExecutor(4) as pool:
+            path = f"/v1/streams/{sid}/feed"
+            answers = list(pool.map(
+                lambda c, p=path: client.request("POST", p, {"ids": c}), chunks
+            ))  # fmt: skip
+        check_answers(answers, state_dir)
+        assert all(code == 200 for code, _ in answers), answers
+        last = client.json("POST", f"/v1/streams/{sid}/feed", {"ids": [7], "logits": True})
+        seen = sorted(json.loads(text)["tokens_seen"] for _, text in answers)
+        total = last["tokens_seen"] - 1
+        assert seen == list(range(total - 40 * 11, total + 1, 40)), (trial, seen, total)
+        assert total - 40 * 12 < LONG  # the generation stopped when its client went away
+        replayed, _ = StreamTable(model, state_dir)._get(sid)
+        assert replayed.stream.tokens_seen == total + 1
+        np.testing.assert_array_equal(replayed.stream.logits, np.float32(last["logits"]))
+
+
+def test_a_delete_after_an_abandoned_generation_stays_deleted(server):
+    client, _, port, state_dir = server
+    for trial in range(6):
+        sid = client.json("POST", "/v1/streams", {}, status=201)["id"]
+        abandon_generate(port, sid, 0.1, stream=trial % 2 == 1)
+        answers = [client.request("DELETE", f"/v1/streams/{sid}")]
+        answers.append(client.request("GET", f"/v1/streams/{sid}"))
+        time.sleep(0.5)
+        answers.append(client.request("GET", f"/v1/streams/{sid}"))
+        check_answers(answers, state_dir)
+        assert [code for code, _ in answers] == [200, 404, 404], answers
+        assert not list(state_dir.glob(f"{sid}*"))
+
+
+def test_abandoned_long_generations_stop_and_leave_others_served(server):
+    """14 generations of 10,000 tokens abandoned after 2 s: each stops (its count stays put,
+    far short of 10,000) and another stream is served (the latency is measured by
+    benchmarks/serve_load.py --abandon 14)."""
+    client, _, port, state_dir = server
+    other = client.json("POST", "/v1/streams", {}, status=201)["id"]
+    sids = [client.json("POST", "/v1/streams", {}, status=201)["id"] for _ in range(14)]
+    with ThreadPoolExecutor(14) as pool:
+        list(pool.map(lambda sid: abandon_generate(port, sid, 2.0), sids))
+    assert client.json("POST", f"/v1/streams/{other}/feed", {"ids": [1]})["tokens_seen"] == 1
+    counts = [client.json("GET", f"/v1/streams/{sid}")["tokens_seen"] for sid in sids]
+    time.sleep(1.0)
+    assert [client.json("GET", f"/v1/streams/{sid}")["tokens_seen"] for sid in sids] == counts
+    assert 0 < min(counts) and max(counts) < LONG // 2, counts  # they ran, then stopped
+
+
+def test_generate_over_the_servers_limit_is_refused(server):
+    client = server[0]
+    sid = client.json("POST", "/v1/streams", {}, status=201)["id"]
+    code, text = client.request("POST", f"/v1/streams/{sid}/generate", {"max_new_tokens": LONG + 1})
+    assert code == 400 and f"[0, {LONG}] (this server's limit)" in json.loads(text)["error"]
+    assert client.json("GET", f"/v1/streams/{sid}")["tokens_seen"] == 0

@@ -6,13 +6,17 @@ give exactly what the runtime gives for the same stream alone."""
 from __future__ import annotations
 
 import json
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from infini_onnx.errors import InputError, StateFileError, StreamNotFoundError
 from infini_onnx.runtime import InfiniModel, SamplingOptions, Stream
-from infini_onnx.serve.streams import StreamTable
+from infini_onnx.serve.api import generate_request
+from infini_onnx.serve.streams import STALE_TEMP_SECONDS, StreamTable
 
 GREEDY = SamplingOptions(temperature=0)
 
@@ -136,3 +140,42 @@ def test_budget_and_idle_eviction(model, tmp_path):
     assert a.evict_idle(now=1e12) == 2 and a.stats().resident == 0
     with pytest.raises(InputError, match="holds no stream"):
         StreamTable(model, tmp_path, budget_bytes=per_stream - 1)
+
+
+def test_a_table_starts_by_removing_what_killed_servers_left(model, tmp_path):
+    """A checkpoint's temporary directory (atomic_output's `<name>.<pid>.<random>.tmp`) left by
+    a killed server goes when a table starts; a live writer's, a fresh one (maybe another
+    node's) and anything not ours stay."""
+    dead_pid = 1 << 23  # above Linux's largest pid_max (2^22): no such process
+    name = f"{'a' * 32}.64.state"
+
+    def leftover(pid: int, files: list[str], age: float) -> Path:
+        d = tmp_path / f"{name}.{pid}.k3x_9q2z.tmp"
+        d.mkdir()
+        for f in files:
+            (d / f).write_bytes(b"partial")
+        os.utime(d, (time.time() - age,) * 2)
+        return d
+
+    stale = leftover(dead_pid, [name], STALE_TEMP_SECONDS + 5)
+    kept = [
+        leftover(os.getpid(), [name], STALE_TEMP_SECONDS + 5),  # its writer is alive
+        tmp_path / f"{name}.{dead_pid}.fresh000.tmp",  # young: another node may be writing
+        tmp_path / f"{name}.{dead_pid}.notours0.tmp",  # holds a file that is not the output's
+        tmp_path / "notes.tmp",  # not atomic_output's name
+    ]
+    kept[1].mkdir()
+    kept[2].mkdir()
+    (kept[2] / "other.txt").write_text("x")
+    os.utime(kept[2], (time.time() - 3600,) * 2)
+    kept[3].mkdir()
+    StreamTable(model, tmp_path)
+    assert not stale.exists() and all(p.exists() for p in kept)
+
+
+def test_generate_request_is_bounded_by_the_servers_limit():
+    assert generate_request({}, 10).max_new_tokens == 10  # the default, capped
+    assert generate_request({"max_new_tokens": 10}, 10).max_new_tokens == 10
+    assert generate_request({}, 100).max_new_tokens == 64
+    with pytest.raises(InputError, match=r"\[0, 10\] \(this server's limit\), got 11"):
+        generate_request({"max_new_tokens": 11}, 10)

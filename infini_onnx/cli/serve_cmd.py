@@ -12,10 +12,13 @@ from pathlib import Path
 
 import click
 
-from infini_onnx.cli.common import one_line_errors
+from infini_onnx.cli.common import FiniteFloatRange, one_line_errors
 from infini_onnx.errors import InfiniError, InputError
 
 MIB = 1 << 20
+# A generation holds its stream until it ends or its client leaves: one request's share.
+DEFAULT_MAX_NEW_TOKENS_LIMIT = 4096
+MAX_NEW_TOKENS_LIMIT = 1 << 20
 
 
 @click.command("serve")
@@ -52,7 +55,7 @@ MIB = 1 << 20
 )
 @click.option(
     "--replica-cpus",
-    type=click.FloatRange(0, 1024),
+    type=FiniteFloatRange(0, 1024),
     default=1.0,
     show_default=True,
     help="CPUs Ray reserves per replica.",
@@ -66,21 +69,28 @@ MIB = 1 << 20
 )
 @click.option(
     "--idle-timeout",
-    type=click.FloatRange(0.1, 1e9),
+    type=FiniteFloatRange(0.1, 1e9),
     default=600.0,
     show_default=True,
     help="Seconds before an idle stream leaves memory.",
 )
 @click.option(
     "--max-body-mb",
-    type=click.FloatRange(0.001, 1024),
+    type=FiniteFloatRange(0.001, 1024),
     default=8.0,
     show_default=True,
     help="Largest request body, in MiB.",
 )
+@click.option(
+    "--max-new-tokens-limit",
+    type=click.IntRange(1, MAX_NEW_TOKENS_LIMIT),
+    default=DEFAULT_MAX_NEW_TOKENS_LIMIT,
+    show_default=True,
+    help="Most tokens one generate request may ask for (more is refused with 400).",
+)
 @one_line_errors
 def serve_command(model, replicas, host, port, state_dir, address, name, threads, replica_cpus,
-                  memory_budget_mb, idle_timeout, max_body_mb):  # fmt: skip
+                  memory_budget_mb, idle_timeout, max_body_mb, max_new_tokens_limit):  # fmt: skip
     """Serve streams of MODEL.onnx over HTTP on Ray Serve (docs/serving.md).
 
     \b
@@ -117,7 +127,7 @@ def serve_command(model, replicas, host, port, state_dir, address, name, threads
     app = build_app(
         model_path, state_dir, replicas, threads=threads, replica_cpus=replica_cpus,
         budget_bytes=budget, idle_seconds=idle_timeout, max_body_bytes=int(max_body_mb * MIB),
-        tokenizer_json=tokenizer,
+        max_new_tokens=max_new_tokens_limit, tokenizer_json=tokenizer,
     )  # fmt: skip
     click.echo(f"deploying {replicas} replica(s) of {model_path.name} ...", err=True)
     serve.run(app, name=name, route_prefix="/", blocking=False)

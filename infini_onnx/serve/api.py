@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from infini_onnx.errors import InfiniError, InputError, NonFiniteError, StreamNotFoundError
 from infini_onnx.runtime.sampling import SamplingOptions
 
-MAX_NEW_TOKENS = 1 << 16  # per generate request
-DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_MAX_NEW_TOKENS = 64  # a generate request without "max_new_tokens"
 
 
 class BodyTooLarge(InputError):
@@ -65,15 +64,19 @@ def feed_request(body: dict) -> FeedRequest:
     return FeedRequest(text, ids, _bool(body, "logits"))
 
 
-def generate_request(body: dict) -> GenerateRequest:
+def generate_request(body: dict, max_new_tokens: int) -> GenerateRequest:
+    """The request, with "max_new_tokens" at most `max_new_tokens` (the server's limit)."""
     _only(body, ("prompt", "max_new_tokens", "stop", "temperature", "top_k", "top_p", "seed",
                  "stream"))  # fmt: skip
     prompt = body.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         prompt = _ids(body, "prompt")
-    n = body.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-    if not _is_int(n) or not 0 <= n <= MAX_NEW_TOKENS:
-        raise InputError(f'"max_new_tokens" must be an integer in [0, {MAX_NEW_TOKENS}], got {n!r}')
+    n = body.get("max_new_tokens", min(DEFAULT_MAX_NEW_TOKENS, max_new_tokens))
+    if not _is_int(n) or not 0 <= n <= max_new_tokens:
+        raise InputError(
+            f'"max_new_tokens" must be an integer in [0, {max_new_tokens}] (this server\'s '
+            f"limit), got {n!r}"
+        )
     stop = _ids(body, "stop") if body.get("stop") is not None else None
     fields = {k: body[k] for k in ("temperature", "top_k", "top_p", "seed") if k in body}
     for name, value in fields.items():

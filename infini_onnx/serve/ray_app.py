@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,14 +38,20 @@ ROUTER = RequestRouterConfig(
     request_router_class="ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
     request_router_kwargs={"num_fallback_replicas": 0},
 )
-WORKER_MAX_ONGOING = 32  # concurrent calls a worker replica accepts (streams run in threads)
-_DONE = object()
+WORKER_MAX_ONGOING = 32  # concurrent calls a worker replica accepts (each on a thread)
 
 
 @serve.deployment(request_router_config=ROUTER, max_ongoing_requests=WORKER_MAX_ONGOING)
 class StreamWorker:
     """One replica's streams. Every method answers {"ok": ...} or {"error", "status"}, with
-    the replica's figures under "stats"; calls for one stream run one at a time."""
+    the replica's figures under "stats".
+
+    Calls for one stream run one at a time: the work of a call holds the stream's lock until it
+    has ended. A call cancelled because its client went away stops its work (a generation stops
+    after the token in hand, and the tokens generated stay in the stream) and still holds the
+    lock until the work has stopped, so the next call finds the stream and its files current.
+    Each call's work runs on a thread of its own (WORKER_MAX_ONGOING of them), so a long
+    generation never queues another stream's call."""
 
     def __init__(self, model_path: str, state_dir: str, threads: int, budget_bytes: int,
                  idle_seconds: float):  # fmt: skip
@@ -51,14 +61,15 @@ class StreamWorker:
             InfiniModel(model_path, threads=threads), state_dir, budget_bytes, idle_seconds
         )
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = StreamLocks()
+        self._threads = ThreadPoolExecutor(WORKER_MAX_ONGOING, thread_name_prefix="infini-stream")
         self._evictor: asyncio.Task | None = None  # started by the first call (needs the loop)
 
     async def create(self, stream_id: str) -> dict:
-        return await self._run(stream_id, lambda: {"id": self.table.create(stream_id)})
+        return await self._run(stream_id, lambda stop: {"id": self.table.create(stream_id)})
 
     async def feed(self, stream_id: str, request: api.FeedRequest) -> dict:
-        def feed() -> dict:
+        def feed(stop: threading.Event) -> dict:
             stream = self.table.feed(stream_id, request.text, request.ids)
             answer = {"tokens_seen": stream.tokens_seen}
             if request.logits:
@@ -68,59 +79,94 @@ class StreamWorker:
         return await self._run(stream_id, feed)
 
     async def info(self, stream_id: str) -> dict:
-        return await self._run(stream_id, lambda: self.table.info(stream_id))
+        return await self._run(stream_id, lambda stop: self.table.info(stream_id))
 
     async def delete(self, stream_id: str) -> dict:
-        def delete() -> dict:
+        def delete(stop: threading.Event) -> dict:
             self.table.delete(stream_id)
             return {}
 
-        answer = await self._run(stream_id, delete)
-        self._locks.pop(stream_id, None)
-        return answer
+        return await self._run(stream_id, delete)
 
     async def generate(self, stream_id: str, request: api.GenerateRequest) -> dict:
         """The whole generation in one answer: {"ids", "tokens_seen"}."""
-
-        def generate() -> dict:
-            ids = list(self._start(stream_id, request))
-            return {"ids": ids, "tokens_seen": self.table.info(stream_id)["tokens_seen"]}
-
-        return await self._run(stream_id, generate)
+        return await self._run(stream_id, lambda stop: self._generate(stream_id, request, stop))
 
     async def generate_events(self, stream_id: str, request: api.GenerateRequest):
         """Yield {"token"} per token, then {"ok": {...}}; or one {"error"} (async generator)."""
-        async with self._lock(stream_id):
-            tokens = None
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue[int | None] = asyncio.Queue()
+
+        def generate(stop: threading.Event) -> dict:
             try:
-                tokens = await asyncio.to_thread(self._start, stream_id, request)
-                while (token := await asyncio.to_thread(next, tokens, _DONE)) is not _DONE:
-                    yield {"token": token}
-                answer = {"ok": {"tokens_seen": self.table.info(stream_id)["tokens_seen"]}}
-            except InfiniError as e:
-                answer = {"error": str(e), "status": api.status_of(e)}
+                return self._generate(stream_id, request, stop, on_token=to_queue)
             finally:
-                if tokens is not None:
-                    tokens.close()  # records what was generated, also on a client's disconnect
+                to_queue(None)
+
+        def to_queue(token: int | None) -> None:
+            loop.call_soon_threadsafe(tokens.put_nowait, token)
+
+        async with self._locks.hold(stream_id):
+            work = asyncio.ensure_future(self._in_thread(generate))
+            try:
+                while (token := await tokens.get()) is not None:
+                    yield {"token": token}
+                answer = await work
+            finally:
+                if not work.done():  # the client went away: stop the work, wait for it
+                    work.cancel()
+                    await _outlast(work)
         yield {**answer, "stats": self._stats()}
 
-    def _start(self, stream_id: str, request: api.GenerateRequest):
-        return self.table.generate(
+    def _generate(
+        self,
+        stream_id: str,
+        request: api.GenerateRequest,
+        stop: threading.Event,
+        on_token: Callable[[int], None] | None = None,
+    ) -> dict:
+        """Generate until done or `stop` is set (on a worker thread), passing each token to
+        `on_token`. The table records every token generated."""
+        ids: list[int] = []
+        tokens = self.table.generate(
             stream_id, request.prompt, request.max_new_tokens, request.stop, request.sampling
         )
+        try:
+            for token in tokens:
+                ids.append(token)
+                if on_token is not None:
+                    on_token(token)
+                if stop.is_set():
+                    break
+        finally:
+            tokens.close()  # records the tokens generated, also when stopped
+        return {"ids": ids, "tokens_seen": self.table.info(stream_id)["tokens_seen"]}
 
-    async def _run(self, stream_id: str, work) -> dict:
-        async with self._lock(stream_id):
-            try:
-                answer = {"ok": await asyncio.to_thread(work)}
-            except InfiniError as e:
-                answer = {"error": str(e), "status": api.status_of(e)}
+    async def _run(self, stream_id: str, work: Callable[[threading.Event], dict]) -> dict:
+        async with self._locks.hold(stream_id):
+            answer = await self._in_thread(work)
         return {**answer, "stats": self._stats()}
 
-    def _lock(self, stream_id: str) -> asyncio.Lock:
+    async def _in_thread(self, work: Callable[[threading.Event], dict]) -> dict:
+        """{"ok": work(stop)} or {"error", "status"}, run on a worker thread. Cancelled (the
+        client went away), it sets `stop` and waits for the work to end before it re-raises."""
         if self._evictor is None:
             self._evictor = asyncio.get_running_loop().create_task(self._evict_idle())
-        return self._locks.setdefault(stream_id, asyncio.Lock())
+        stop = threading.Event()
+        done = asyncio.get_running_loop().run_in_executor(self._threads, self._answer, work, stop)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            stop.set()
+            await _outlast(done)
+            raise
+
+    def _answer(self, work: Callable[[threading.Event], dict], stop: threading.Event) -> dict:
+        try:
+            return {"ok": work(stop)}
+        except InfiniError as e:  # the state directory is the server's business, not the client's
+            message = str(e).replace(str(self.table.state_dir), "<state-dir>")
+            return {"error": message, "status": api.status_of(e)}
 
     def _stats(self) -> dict:
         return {"replica": self.replica, **asdict(self.table.stats())}
@@ -132,15 +178,52 @@ class StreamWorker:
             self.table.evict_idle()
 
 
+class StreamLocks:
+    """One asyncio lock per stream id, kept only while calls hold or await it (a deleted or
+    idle stream leaves no lock behind, and a waiter never holds a lock that was dropped)."""
+
+    def __init__(self):
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # id -> (lock, holders + waiters)
+
+    @asynccontextmanager
+    async def hold(self, stream_id: str):
+        lock, users = self._locks.get(stream_id, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[stream_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            users = self._locks[stream_id][1] - 1
+            if users:
+                self._locks[stream_id] = (lock, users)
+            else:
+                del self._locks[stream_id]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+async def _outlast(future: asyncio.Future) -> None:
+    """Wait until `future` is done, whatever cancellations arrive meanwhile."""
+    while not future.done():
+        try:
+            await asyncio.wait({future})
+        except asyncio.CancelledError:
+            continue
+
+
 @serve.deployment(max_ongoing_requests=1024)
 class Ingress:
     """The HTTP API: routes, body checks and limits, metrics."""
 
-    def __init__(self, worker: DeploymentHandle, max_body_bytes: int, tokenizer_json: str | None):
+    def __init__(self, worker: DeploymentHandle, max_body_bytes: int, max_new_tokens: int,
+                 tokenizer_json: str | None):  # fmt: skip
         from tokenizers import Tokenizer
 
         self.worker = worker
         self.max_body_bytes = max_body_bytes
+        self.max_new_tokens = max_new_tokens
         self.tokenizer = Tokenizer.from_str(tokenizer_json) if tokenizer_json else None
         self.metrics = Metrics()
 
@@ -227,7 +310,7 @@ class Ingress:
         return JSONResponse(await self._call("feed", stream_id, feed))
 
     async def _generate(self, request: Request, stream_id: str) -> Response:
-        gen = api.generate_request(await self._body(request))
+        gen = api.generate_request(await self._body(request), self.max_new_tokens)
         text = _Text(self.tokenizer)
         if not gen.stream:
             answer = await self._call("generate", stream_id, gen)
@@ -248,7 +331,7 @@ class Ingress:
     async def _events(self, item: dict, events, text: _Text, started: float):
         """Server-sent events: `token` {"id", "text"} per token, then `done` {"text", "ids",
         "tokens_seen"}, or `error` {"error", "status"}."""
-        ids, status = [], 200
+        ids, status, finished = [], 200, False
         try:
             while "token" in item:
                 ids.append(item["token"])
@@ -260,7 +343,10 @@ class Ingress:
                 yield _event("error", {"error": item["error"], "status": status})
             else:
                 yield _event("done", _finished(ids, text, item["ok"]["tokens_seen"]))
+            finished = True
         finally:
+            if not finished:  # the client went away: stop the generation now
+                events.cancel()
             self.metrics.observe("generate", status, time.perf_counter() - started)
 
 
@@ -312,6 +398,7 @@ def build_app(
     state_dir: str | Path,
     replicas: int,
     *,
+    max_new_tokens: int,
     threads: int = 1,
     replica_cpus: float = 1.0,
     budget_bytes: int = 2 << 30,
@@ -325,5 +412,5 @@ def build_app(
     ).bind(str(Path(model_path).resolve()), str(Path(state_dir).resolve()), threads,
            budget_bytes, idle_seconds)  # fmt: skip
     return Ingress.options(ray_actor_options={"num_cpus": 0}).bind(
-        worker, max_body_bytes, tokenizer_json
+        worker, max_body_bytes, max_new_tokens, tokenizer_json
     )

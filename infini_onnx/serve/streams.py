@@ -11,8 +11,11 @@ A replica restores a stream it does not hold, or holds at another version than t
 less than one segment of tokens, in the calls they were first fed in, so the restored state is
 bit-identical. Evicting a resident stream therefore writes nothing.
 
-A StreamTable is not locked per stream: callers send one stream's requests one at a time (the
-Ray worker holds a lock per stream); different streams may run in different threads.
+A StreamTable is not locked per stream: callers run one stream's requests one at a time (the
+Ray worker holds a stream's lock until the work of a request has ended, also when its client
+went away); different streams may run in different threads.
+
+Temporaries that a killed server left in the state directory are removed when a table starts.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ from infini_onnx.runtime import textio
 from infini_onnx.runtime.sampling import SamplingOptions
 from infini_onnx.runtime.session import InfiniModel
 from infini_onnx.runtime.stream import Stream
-from infini_onnx.stepgraph.files import atomic_output
+from infini_onnx.stepgraph.files import atomic_output, remove_stale_temporaries
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # 128 random bits, hex
 JOURNAL_FORMAT = "infini-stream-journal"
 MAX_JOURNAL_BYTES = 1 << 22  # < one segment of ids as JSON, for any sane segment_len
+# A checkpoint is written in milliseconds: a temporary untouched this long, of a process gone,
+# was left by a killed server (another node sharing the directory may reuse its pid).
+STALE_TEMP_SECONDS = 60.0
 
 
 def new_stream_id() -> str:
@@ -96,6 +102,7 @@ class StreamTable:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StateFileError(f"{state_dir}: cannot create ({e.strerror or e})") from None
+        remove_stale_temporaries(self.state_dir, min_age_s=STALE_TEMP_SECONDS)
         self.stream_bytes = model.layout.max_file_bytes()
         if budget_bytes < self.stream_bytes:
             raise InputError(

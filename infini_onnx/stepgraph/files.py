@@ -13,11 +13,15 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from infini_onnx.errors import InfiniError
+
+# atomic_output's private directories: <name>.<pid>.<random>.tmp
+_TEMP_DIR = re.compile(r"(.+)\.(\d+)\.[a-z0-9_]{8}\.tmp")
 
 
 def data_file_name(out_path: Path) -> str:
@@ -68,7 +72,7 @@ def atomic_output(
     out_path = check_output(out_path, inputs, error)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(out_path)
+        remove_stale_temporaries(out_path.parent, out_path.name)
         tmp_dir = Path(
             tempfile.mkdtemp(
                 prefix=f"{out_path.name}.{os.getpid()}.", suffix=".tmp", dir=out_path.parent
@@ -104,17 +108,31 @@ def _check_replaceable(
             raise error(f"{target}: is the input {source}; write the output elsewhere")
 
 
-def _remove_stale(out_path: Path) -> None:
-    """Remove the temporary directories of writers of out_path whose process is gone: exactly
-    `<name>.<pid>.<8 characters>.tmp`, holding nothing but files named like the output."""
-    ours = re.compile(re.escape(out_path.name) + r"\.(\d+)\.[a-z0-9_]{8}\.tmp")
-    for leftover in out_path.parent.glob(f"{glob.escape(out_path.name)}.*.tmp"):
-        match = ours.fullmatch(leftover.name)
-        if not (match and leftover.is_dir() and not leftover.is_symlink()):
+def remove_stale_temporaries(
+    directory: Path, name: str | None = None, min_age_s: float = 0.0
+) -> int:
+    """Remove the temporary directories that killed writers left in `directory` (of the output
+    `name` only, if given): exactly `<name>.<pid>.<8 characters>.tmp`, holding nothing but files
+    named like the output, whose process is gone on this machine and that nothing has touched for
+    `min_age_s` seconds (a writer on another machine sharing the directory is not ours to judge
+    by its pid). Returns how many were removed."""
+    removed = 0
+    for leftover in directory.glob(f"{glob.escape(name)}.*.tmp" if name else "*.tmp"):
+        match = _TEMP_DIR.fullmatch(leftover.name)
+        if not match or (name is not None and match[1] != name):
             continue
-        names = {p.name for p in leftover.iterdir()}
-        if names <= {out_path.name, data_file_name(out_path)} and not _alive(int(match[1])):
+        try:
+            if not leftover.is_dir() or leftover.is_symlink():
+                continue
+            names = {p.name for p in leftover.iterdir()}
+            age = time.time() - leftover.stat().st_mtime
+        except OSError:  # removed meanwhile
+            continue
+        ours = names <= {match[1], data_file_name(Path(match[1]))}
+        if ours and age >= min_age_s and not _alive(int(match[2])):
             shutil.rmtree(leftover, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _alive(pid: int) -> bool:
