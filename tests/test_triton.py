@@ -5,15 +5,21 @@ sequences."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner, Result
 
+from infini_onnx.cli import main
+from infini_onnx.errors import InputError, ModelFileError
 from infini_onnx.runtime import InfiniModel, Stream
 from infini_onnx.serve.triton import write_repository
+from infini_onnx.stepgraph.metadata import _digest
+from infini_onnx.stepgraph.names import KEY_CONFIG, KEY_DIGEST
 
 pytest.importorskip("onnx")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -117,3 +123,73 @@ def test_cli_writes_a_repository_and_refuses_to_overwrite(tiny_onnx, tmp_path):
     missing = subprocess.run([*cli, str(tmp_path / "none.onnx"), str(tmp_path / "r2")],
                              capture_output=True, text=True)  # fmt: skip
     assert missing.returncode == 1 and "no such model file" in missing.stderr
+
+
+# --- hostile options and graphs: one-line errors, nothing written ----------------------------
+
+
+def triton(*args) -> Result:
+    """`infini triton ARGS` in-process."""
+    return CliRunner().invoke(main, ["triton", *map(str, args)])
+
+
+def one_line_error(result, words: str, code: int = 1) -> None:
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert "Traceback" not in result.output
+    if code == 1:  # the project's `error: ...`
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert words in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["../../x", "ABS", 'x" backend: "python', "", ".", "..", "a/b", "-x", "x\ny", "é"]
+)
+def test_a_name_must_be_one_safe_directory_name(tiny_onnx, tmp_path, name):
+    name = str(tmp_path / "abs") if name == "ABS" else name
+    repo = tmp_path / "deep" / "er" / "repo"
+    one_line_error(triton(tiny_onnx[1], repo, "--name", name), "a model name is 1 to 128 of")
+    with pytest.raises(InputError, match="a model name is"):
+        write_repository(tiny_onnx[1], repo, name=name)
+    assert list(tmp_path.rglob("*")) == []  # not REPO, not outside it
+
+
+def test_a_long_name_is_refused_and_a_dotted_one_accepted(tiny_onnx, tmp_path):
+    one_line_error(triton(tiny_onnx[1], tmp_path / "r", "--name", "a" * 129), "a model name")
+    assert list(tmp_path.iterdir()) == []
+    assert triton(tiny_onnx[1], tmp_path / "r", "--name", "a_1.b-2").exit_code == 0
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf"])
+def test_max_idle_must_be_finite(tiny_onnx, tmp_path, value):
+    result = triton(tiny_onnx[1], tmp_path / "repo", "--max-idle", value)
+    one_line_error(result, "Invalid value for '--max-idle'", code=2)  # click's usage error
+    with pytest.raises(InputError, match=r"--max-idle must be in \[0.001, 1e9\] seconds"):
+        write_repository(tiny_onnx[1], tmp_path / "repo", max_idle_seconds=float(value))
+    assert list(tmp_path.iterdir()) == []
+
+
+def signed_edit(onnx_path, out, **changes):
+    """A copy of a step graph whose config is edited and whose metadata digest is recomputed,
+    so that it passes the digest and reaches the shape check."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[KEY_CONFIG] = json.dumps({**json.loads(props[KEY_CONFIG]), **changes})
+    props[KEY_DIGEST] = _digest(props)  # signed again
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_shapes_that_disagree_with_the_metadata_are_refused_as_the_runtime_does(
+    tiny_onnx, tmp_path
+):
+    path = signed_edit(tiny_onnx[1], tmp_path / "edited.onnx", vocab_size=300)
+    with pytest.raises(ModelFileError, match="logits has shape") as refused:
+        InfiniModel(path)  # the runtime's refusal: the same line
+    one_line_error(triton(path, tmp_path / "repo"), str(refused.value))
+    assert "but the config in its metadata says ['?', '?', 300]" in str(refused.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["edited.onnx"]

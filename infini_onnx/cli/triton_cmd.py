@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import click
 
-from infini_onnx.cli.common import one_line_errors
+from infini_onnx.cli.common import FiniteFloatRange, one_line_errors
 from infini_onnx.errors import InputError
 
 
 @click.command("triton")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("repo", type=click.Path(file_okay=False))
-@click.option("--name", default="infini", show_default=True, help="The model's name in REPO.")
+@click.option(
+    "--name",
+    default="infini",
+    show_default=True,
+    help="The model's name: its directory in REPO, 1 to 128 of A-Z a-z 0-9 _ . -, not "
+    "starting with . or -.",
+)
 @click.option(
     "--instances",
     type=click.IntRange(1, 1024),
@@ -29,7 +35,7 @@ from infini_onnx.errors import InputError
 )
 @click.option(
     "--max-idle",
-    type=click.FloatRange(0.001, 1e9),
+    type=FiniteFloatRange(0.001, 1e9),
     default=600.0,
     show_default=True,
     help="Seconds before Triton drops an idle sequence.",

@@ -17,15 +17,16 @@ INPUT_STATE__ tensors and START, and the OUTPUT_STATE__ tensors from its outputs
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from infini_onnx.errors import InfiniError, ModelFileError
+from infini_onnx.errors import InfiniError, InputError, ModelFileError
 from infini_onnx.stepgraph.files import atomic_output, data_file_name
-from infini_onnx.stepgraph.metadata import StepGraphInfo, check_io
+from infini_onnx.stepgraph.metadata import StepGraphInfo, check_io, check_shapes
 from infini_onnx.stepgraph.names import CACHE_INPUTS, STATE_TENSORS
 
 START = "START"
@@ -41,6 +42,22 @@ NEXT_STATE = {
 }
 COMMITTED = {"memory": "memory_acc_out", "norm": "norm_acc_out"}  # at a completed segment
 TRITON_TYPES = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.FLOAT16: "TYPE_FP16"}
+# A model name is one directory of the repository and a quoted string in config.pbtxt.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+NAME_RULE = "1 to 128 of A-Z a-z 0-9 _ . -, not starting with . or -"
+
+
+def check_options(name: str, instances: int, kind: str, max_idle_seconds: float) -> None:
+    """Refuse, before any work, options that would write outside the repository or a config
+    that Triton cannot read: InputError naming the option."""
+    if not (isinstance(name, str) and NAME.fullmatch(name)):
+        raise InputError(f"--name {name!r}: a model name is {NAME_RULE}")
+    if not (isinstance(instances, int) and 1 <= instances <= 1024):
+        raise InputError(f"--instances must be in [1, 1024], got {instances!r}")
+    if kind not in ("cpu", "gpu"):
+        raise InputError(f"--kind must be cpu or gpu, got {kind!r}")
+    if not 0.001 <= max_idle_seconds <= 1e9:  # NaN too
+        raise InputError(f"--max-idle must be in [0.001, 1e9] seconds, got {max_idle_seconds}")
 
 
 def served_graph(model: onnx.ModelProto, info: StepGraphInfo) -> onnx.ModelProto:
@@ -109,6 +126,19 @@ def served_graph(model: onnx.ModelProto, info: StepGraphInfo) -> onnx.ModelProto
     return model
 
 
+def _shapes(graph: onnx.GraphProto) -> dict[str, list[int | str | None]]:
+    """Each input's and output's dims as check_shapes takes them (symbolic: str or None)."""
+
+    def dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:
+        field = d.WhichOneof("value")  # dim_value, dim_param or neither
+        return getattr(d, field) if field else None
+
+    return {
+        v.name: [dim(d) for d in v.type.tensor_type.shape.dim]
+        for v in (*graph.input, *graph.output)
+    }
+
+
 def _renamed(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
     copy = onnx.ValueInfoProto()
     copy.CopyFrom(value)
@@ -165,7 +195,11 @@ def write_repository(
     kind: str = "cpu",
     max_idle_seconds: float = 600.0,
 ) -> Path:
-    """Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx; returns REPO/NAME."""
+    """Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx; returns REPO/NAME.
+
+    Refuses (before writing anything) bad options, a graph that is not a step graph, and one
+    whose shapes disagree with its metadata, as the runtime does."""
+    check_options(name, instances, kind, max_idle_seconds)
     onnx_path, model_dir = Path(onnx_path), Path(repo) / name
     if not onnx_path.is_file():
         raise ModelFileError(f"{onnx_path}: no such model file")
@@ -179,6 +213,7 @@ def write_repository(
     info = StepGraphInfo.from_props(props, str(onnx_path))
     check_io([i.name for i in model.graph.input], [o.name for o in model.graph.output],
              str(onnx_path))  # fmt: skip
+    check_shapes(_shapes(model.graph), info.config, str(onnx_path))
     served = served_graph(model, info)
     config = config_pbtxt(name, served, info, instances, kind, max_idle_seconds)
     out = model_dir / "1" / "model.onnx"
