@@ -8,6 +8,8 @@ shipped model's int8 graph.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
 import random
@@ -17,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from infini_onnx import modeldir, passkey
-from infini_onnx.errors import InfiniError
+from infini_onnx import __version__, modeldir, passkey
+from infini_onnx.errors import InfiniError, InputError
 from infini_onnx.runtime import InfiniModel, Stream
+from infini_onnx.runtime.device import default_threads
 from infini_onnx.runtime.progress import Progress, rss_bytes
+from infini_onnx.stepgraph.names import FORMAT_VERSION
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "passkey-tiny"
 # The same model exported and int8-quantised, inside the package: what a runtime-only install
@@ -28,6 +32,7 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "p
 PACKAGED_MODEL = Path(__file__).resolve().parent / "data" / "passkey-tiny-int8.onnx"
 DEPTHS = {"start": 0.0, "middle": 0.5, "end": 1.0}
 WARM_TOKENS = 50_000
+CACHED_VARIANT = "int8"  # what a model directory is exported and quantised to
 
 
 def cache_dir() -> Path:
@@ -46,7 +51,7 @@ def resolve_model(model: str | Path | None, log=print) -> Path:
         return path
     if not path.is_dir():
         raise InfiniError(f"{path}: no such model file or directory")
-    target = cache_dir() / modeldir.model_id(path)[:16] / "model-int8.onnx"
+    target = cache_dir() / cache_key(path)[:16] / f"model-{CACHED_VARIANT}.onnx"
     if target.is_file():
         return target
     from infini_onnx.export.exporter import export_model  # needs the [export] extra
@@ -56,8 +61,28 @@ def resolve_model(model: str | Path | None, log=print) -> Path:
     log(f"first use of {path}: exporting and quantising to {target}")
     fp32 = target.with_name("model-fp32.onnx")
     export_model(path, fp32, log=log, validate=True)
-    quantize_model(fp32, target, resolve("int8"), log=log)
+    quantize_model(fp32, target, resolve(CACHED_VARIANT), log=log)
     return target
+
+
+def cache_key(model_dir: Path) -> str:
+    """sha256 of everything the cached graph of a model directory embeds: the model (config and
+    weights: modeldir.model_id), tokenizer.json's text, the step-graph format, the variant and
+    the infini-onnx version that exported and quantised it. Refuses a directory without a
+    tokenizer before any export: the demo needs text."""
+    tokenizer = modeldir.tokenizer_text(model_dir)
+    if tokenizer is None:
+        raise InputError(f"{model_dir}: no {modeldir.TOKENIZER}: the pass-key demo needs text")
+    parts = [modeldir.model_id(model_dir), tokenizer, FORMAT_VERSION, CACHED_VARIANT, __version__]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def open_model(path: str | Path, threads: int | None = None) -> InfiniModel:
+    """The runtime's model of `path`, refused (InputError) without a tokenizer."""
+    model = InfiniModel(path, threads=threads)
+    if model.tokenizer is None:
+        raise InputError(f"{path}: the graph has no tokenizer: the pass-key demo needs text")
+    return model
 
 
 @dataclass
@@ -155,12 +180,21 @@ def check_length(length: int) -> None:
         raise InfiniError(str(e)) from None
 
 
+def check_jobs(jobs: int) -> None:
+    """Sweep worker processes: at most the cores this process may use."""
+    cores = default_threads()
+    if not 1 <= jobs <= cores:
+        raise InputError(
+            f"jobs must be in [1, {cores}] (the cores this process may use), got {jobs}"
+        )
+
+
 _worker_model: InfiniModel | None = None
 
 
 def _start_worker(path: str, threads: int | None) -> None:
     global _worker_model
-    _worker_model = InfiniModel(path, threads=threads)
+    _worker_model = open_model(path, threads)
 
 
 def _worker_trial(job: tuple[int, float, str]) -> bool:
@@ -181,8 +215,10 @@ def sweep(
     """Accuracy per (length, depth) cell, `trials` random keys each (the paper's Table 3).
 
     The keys depend on the seed alone; `jobs` worker processes (each with its own ONNX Runtime
-    session of `threads` intra-op threads, default 1 when jobs > 1) share the trials out.
+    session of `threads` intra-op threads, default 1 when jobs > 1) share the trials out;
+    jobs is at most the cores this process may use.
     """
+    check_jobs(jobs)
     for length in lengths:
         check_length(length)  # refuse a length too short before any work
     rng = random.Random(seed)

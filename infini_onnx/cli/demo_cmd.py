@@ -51,10 +51,17 @@ def demo_group() -> None:
     "--trials", type=click.IntRange(1), default=20, show_default=True, help="Sweep trials per cell."
 )
 @click.option(
-    "--jobs", type=click.IntRange(1), default=1, show_default=True, help="Sweep worker processes."
+    "--jobs",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Sweep worker processes, at most the cores.",
 )
 @click.option(
-    "--threads", type=int, default=None, help="Intra-op threads (default: all; 1 per sweep job)."
+    "--threads",
+    type=int,
+    default=None,
+    help="Intra-op threads, at most the cores (default: all; 1 per sweep job).",
 )
 @click.option(
     "--json",
@@ -91,19 +98,21 @@ def passkey_command(
 
     from infini_onnx import demo, passkey
     from infini_onnx.errors import InfiniError
-    from infini_onnx.runtime import InfiniModel
+    from infini_onnx.runtime.device import check_threads
     from infini_onnx.stepgraph.files import atomic_output, check_output, graph_files
 
     if not 0 <= depth <= 1:  # FloatRange lets NaN through
         raise InfiniError(f"--depth must be in [0, 1], got {depth}")
     if json_path and model and Path(model).is_file():
         check_output(json_path, graph_files(model))  # before any work
+    check_threads(threads)  # before a model directory is exported
     if sweep:
         sizes = demo.parse_lengths(lengths, grid)
         where = demo.parse_depths(depths)
+        demo.check_jobs(jobs)
     demo.check_length(length)
     path = demo.resolve_model(model, log=click.echo)
-    runtime = InfiniModel(path, threads=threads)
+    runtime = demo.open_model(path, threads)
     click.echo(f"model {path} ({runtime.variant}, segment {runtime.config.segment_len})")
     if sweep:
         table = demo.sweep(path, sizes, where, trials, seed, jobs, threads, log=click.echo)

@@ -65,7 +65,7 @@ def quantize_command(
 ) -> None:
     """Quantize the fp32 step graph IN_PATH to OUT_PATH; memory and its math stay float32."""
     from infini_onnx.errors import QuantizeError
-    from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
+    from infini_onnx.quantize.quantizer import accuracy_report, held_out_tokens, quantize_model
     from infini_onnx.quantize.targets import resolve
     from infini_onnx.stepgraph.files import atomic_output, check_output, graph_files
 
@@ -76,10 +76,13 @@ def quantize_command(
         if Path(report_path).resolve() == Path(out_path).resolve():
             raise QuantizeError(f"{report_path}: is OUT_PATH; write the report elsewhere")
         check_output(report_path, graph_files(in_path), QuantizeError)  # before any work
+    held_out = None
+    if eval_segments > 0 and eval_text:  # a bad text is refused before any work
+        held_out = held_out_tokens(in_path, eval_segments, eval_text)
     quantize_model(in_path, out_path, settings, calib, calib_segments, log=click.echo)
     click.echo(f"wrote {out_path} ({settings.mode})")
     if eval_segments > 0:
-        report = accuracy_report(in_path, out_path, eval_segments, eval_text)
+        report = accuracy_report(in_path, out_path, eval_segments, tokens=held_out)
         for line in report.lines():
             click.echo(line)
         if report_path:

@@ -6,6 +6,7 @@ Runtime only (numpy, onnxruntime, tokenizers), imported when a command runs.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from infini_onnx.runtime import InfiniModel, SamplingOptions, Stream
 
 BLOCK_BYTES = 1 << 16  # input read and tokenized per chunk
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a program ended by SIGPIPE
 
 
 def _model_options(fn: Callable) -> Callable:
@@ -30,7 +32,7 @@ def _model_options(fn: Callable) -> Callable:
             "--threads",
             type=click.IntRange(1, 1024),
             default=None,
-            help="Intra-op threads (default: all).",
+            help="Intra-op threads, at most the cores this process may use (default: all).",
         ),
         click.option("--resume", type=click.Path(dir_okay=False), help="Continue a saved state."),
         click.option(
@@ -85,17 +87,31 @@ def _blocks(f: BinaryIO) -> Iterator[bytes]:
     return iter(lambda: f.read(BLOCK_BYTES), b"")
 
 
-def _generate(stream: Stream, n: int, prompt: str | None, sampling: SamplingOptions) -> None:
-    """Write generated text to stdout as it comes."""
-    for piece in stream.generate_text(prompt, max_new_tokens=n, sampling=sampling):
-        click.echo(piece, nl=False)
+def _generate(stream: Stream, n: int, prompt: str | None, sampling: SamplingOptions) -> bool:
+    """Write generated text to stdout as it comes; False if the reader closed stdout (broken
+    pipe), which then points to os.devnull so that no later write or the exit's flush fails."""
+    try:
+        for piece in stream.generate_text(prompt, max_new_tokens=n, sampling=sampling):
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+        click.echo()
         sys.stdout.flush()
-    click.echo()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+    return True
 
 
-def _finish(stream: Stream, save_state: str | None) -> None:
+def _finish(stream: Stream, save_state: str | None, output_open: bool = True) -> None:
+    """Save the state if asked; then, if stdout was closed, end with one line and exit status
+    EXIT_BROKEN_PIPE (docs/runtime.md, "CLI")."""
     if save_state:
         stream.save(save_state)
+    if not output_open:
+        saved = f"; state saved to {save_state}" if save_state else ""
+        click.echo(f"error: output closed (broken pipe){saved}", err=True)
+        sys.exit(EXIT_BROKEN_PIPE)
+    if save_state:
         click.echo(f"saved state to {save_state} ({stream.tokens_seen:,} tokens)", err=True)
 
 
@@ -148,6 +164,8 @@ def stream_command(
         raise InputError("nothing to do: give a FILE (or -), --generate N or --save-state")
     if prompt is not None and not generate_n:
         raise InputError("--prompt needs --generate N")
+    if file == "-" and sys.stdin is None:
+        raise InputError("-: standard input is closed")
     options = _sampling(sampling)
     if prompt is not None:
         check_unicode(prompt, "--prompt")
@@ -164,9 +182,8 @@ def stream_command(
             raise InputError(f"{file}: cannot read ({e.strerror or e})") from None
         if meter:
             meter.close()
-    if generate_n:
-        _generate(stream, generate_n, prompt, options)
-    _finish(stream, save_state)
+    output_open = _generate(stream, generate_n, prompt, options) if generate_n else True
+    _finish(stream, save_state, output_open)
 
 
 @click.command("generate")
@@ -191,5 +208,4 @@ def generate_command(
     if prompt is not None:
         check_unicode(prompt, "--prompt")
     _, stream = _open_stream(model, device, threads, resume, save_state)
-    _generate(stream, max_new_tokens, prompt, options)
-    _finish(stream, save_state)
+    _finish(stream, save_state, _generate(stream, max_new_tokens, prompt, options))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,12 @@ from tokenizers import Tokenizer
 
 from infini_onnx.errors import QuantizeError
 from infini_onnx.runtime import InfiniModel
+
+BLOCK_BYTES = 1 << 16  # a text file is read and encoded this many bytes at a time
+# A text file yields a token every few bytes (UTF-8 English: about 4 per BPE token, 1 per byte
+# token); a file whose first n_tokens * MAX_BYTES_PER_TOKEN bytes yield fewer than n_tokens is
+# refused without reading further.
+MAX_BYTES_PER_TOKEN = 64
 
 _SUBJECTS = (
     "The old lighthouse keeper",
@@ -71,17 +78,45 @@ def encode(text: str, tokenizer: Tokenizer | None, vocab_size: int) -> np.ndarra
 def token_stream(
     model: InfiniModel, n_segments: int, seed: int, path: str | Path | None = None
 ) -> np.ndarray:
-    """n_segments whole segments of tokens for `model` from `path`, or generated text when path
-    is None. A file shorter than that is repeated; one with no tokens is refused."""
+    """n_segments whole segments of tokens for `model` from the text file `path` (file_tokens;
+    repeated if shorter), or from generated text when path is None."""
     n_tokens = n_segments * model.config.segment_len
     tokenizer, vocab = model.tokenizer, model.config.vocab_size
     if path is None:
         ids = encode(generated_text(n_tokens * 2, seed), tokenizer, vocab)
     else:
-        try:
-            ids = encode(Path(path).read_text(errors="replace"), tokenizer, vocab)
-        except OSError as e:
-            raise QuantizeError(f"{path}: cannot read ({e.strerror or e})") from None
-        if ids.size == 0:
-            raise QuantizeError(f"{path}: no text to calibrate with")
+        ids = file_tokens(path, n_tokens, tokenizer, vocab)
     return np.resize(ids, n_tokens)
+
+
+def file_tokens(
+    path: str | Path, n_tokens: int, tokenizer: Tokenizer | None, vocab_size: int
+) -> np.ndarray:
+    """The first n_tokens token ids of a text file (all of a shorter one), read and encoded one
+    block at a time (a word cut between blocks may encode differently). Stops once it has
+    enough; refuses a file with no tokens, or too few in its first
+    max(n_tokens * MAX_BYTES_PER_TOKEN, BLOCK_BYTES) bytes (e.g. /dev/zero with a tokenizer
+    that merges NULs), without reading further."""
+    limit = max(n_tokens * MAX_BYTES_PER_TOKEN, BLOCK_BYTES)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pieces, count, read = [], 0, 0
+    try:
+        with open(path, "rb") as f:
+            while count < n_tokens and read < limit:
+                block = f.read(min(BLOCK_BYTES, limit - read))
+                read += len(block)
+                ids = encode(decoder.decode(block, final=not block), tokenizer, vocab_size)
+                pieces.append(ids[: n_tokens - count])
+                count += pieces[-1].size
+                if not block:
+                    break
+    except OSError as e:
+        raise QuantizeError(f"{path}: cannot read ({e.strerror or e})") from None
+    if count < n_tokens and read == limit:
+        raise QuantizeError(
+            f"{path}: {count:,} tokens in its first {limit:,} bytes, {n_tokens:,} needed "
+            f"(at most {MAX_BYTES_PER_TOKEN} bytes are read per token): not text"
+        )
+    if count == 0:
+        raise QuantizeError(f"{path}: no text (not a single token)")
+    return np.concatenate(pieces)

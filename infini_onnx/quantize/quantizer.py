@@ -40,6 +40,8 @@ def quantize_model(
     check_output(out_path, graph_files(in_path), QuantizeError)  # before any work
     model, info = load_step_graph(in_path)
     _check_runs(in_path, f"{in_path}: the input")
+    if settings.mode == "int8-static":  # a bad calibration file is refused before the work
+        reader = _calibration(in_path, calib, calib_segments)
     name_nodes(model)
     plan = plan_graph(model)
     log(
@@ -49,9 +51,6 @@ def quantize_model(
     if settings.mode == "int8":
         result = modes.int8_dynamic(model, plan, settings)
     elif settings.mode == "int8-static":
-        float_model = open_model(in_path)
-        tokens = token_stream(float_model, calib_segments, CALIB_SEED, calib)
-        reader = CarriedStateReader(float_model, tokens)
         result = modes.int8_static(model, plan, settings, reader)
     elif settings.mode == "int4":
         result = modes.int4(model, plan, settings)
@@ -62,6 +61,15 @@ def quantize_model(
     del result.metadata_props[:]
     onnx.helper.set_model_props(result, props)
     return save_atomic(result, Path(out_path), graph_files(in_path), settings.mode)
+
+
+def _calibration(
+    in_path: str | Path, calib: str | Path | None, calib_segments: int
+) -> CarriedStateReader:
+    """The int8-static calibration feeds (lazy), its tokens read now (corpus.file_tokens)."""
+    float_model = open_model(in_path)
+    tokens = token_stream(float_model, calib_segments, CALIB_SEED, calib)
+    return CarriedStateReader(float_model, tokens)
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -98,16 +106,28 @@ def _check_runs(path: str | Path, what: str) -> None:
         raise QuantizeError(f"{what} does not run in the runtime: {reason}") from None
 
 
+def held_out_tokens(
+    in_path: str | Path, segments: int = 32, text: str | Path | None = None
+) -> np.ndarray:
+    """The accuracy report's stream: `segments` segments of the text file `text` (bounded
+    read, corpus.file_tokens) or of generated text, for the fp32 graph `in_path`."""
+    return token_stream(open_model(in_path, threads=1), segments, EVAL_SEED, text)
+
+
 def accuracy_report(
     in_path: str | Path,
     out_path: str | Path,
     segments: int = 32,
     text: str | Path | None = None,
     threads: int = 0,
+    *,
+    tokens: np.ndarray | None = None,
 ) -> Report:
-    """Sizes of both files and the variant's accuracy on a held-out stream of `segments`."""
+    """Sizes of both files and the variant's accuracy on a held-out stream of `segments`
+    (`tokens`, if already read by held_out_tokens)."""
     reference, variant = open_model(in_path, threads), open_model(out_path, threads)
-    tokens = token_stream(reference, segments, EVAL_SEED, text)
+    if tokens is None:
+        tokens = token_stream(reference, segments, EVAL_SEED, text)
     accuracy = compare(reference, variant, tokens)
     return Report(
         variant=variant.variant,

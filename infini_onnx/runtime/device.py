@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from infini_onnx.devices import DEVICES, PROVIDERS
-from infini_onnx.errors import DeviceError
+from infini_onnx.errors import DeviceError, InputError
 from infini_onnx.stepgraph.names import OUTPUT_NAMES
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -39,14 +39,30 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def check_threads(threads: object) -> int:
+    """An intra-op thread count: None is every usable core; anything but an integer in
+    [1, default_threads()] is refused (more threads than cores only slow calls down:
+    docs/runtime.md, "Threads")."""
+    cores = default_threads()
+    if threads is None:
+        return cores
+    integer = isinstance(threads, (int, np.integer)) and not isinstance(threads, bool)
+    if integer and 1 <= threads <= cores:
+        return int(threads)
+    raise InputError(
+        f"threads must be an integer in [1, {cores}] (the cores this process may use), "
+        f"got {threads!r}"
+    )
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Options for small CPUs: all graph optimisations, one op at a time, worker threads that
-    spin during a call and sleep between calls."""
+    spin during a call and sleep between calls; threads as `check_threads` takes them."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.inter_op_num_threads = 1
-    so.intra_op_num_threads = threads or default_threads()
+    so.intra_op_num_threads = check_threads(threads)
     # A decode call is hundreds of small ops: waking a sleeping worker for each costs more than
     # the op (decode 1.1-1.6x slower without spinning). Spinning stops when a call returns, so
     # no core burns between calls (docs/runtime.md, "Threads").

@@ -20,7 +20,8 @@ class InfiniModel:
     """An infini-onnx .onnx file ready to run streams (`Stream(model)`).
 
     device: "cpu", "cuda" or "tensorrt" (the last two need onnxruntime-gpu). threads: intra-op
-    threads (default: the cores this process may use). session_options: your own
+    threads, an integer in [1, the cores this process may use] (default: all of them; InputError
+    otherwise, before anything is allocated). session_options: your own
     onnxruntime.SessionOptions instead of the defaults of `device.session_options`.
     """
 
@@ -36,8 +37,8 @@ class InfiniModel:
         providers = dev.providers_for(device)
         if session_options is None:
             session_options = dev.session_options(threads)
-        elif threads:
-            session_options.intra_op_num_threads = threads
+        elif threads is not None:
+            session_options.intra_op_num_threads = dev.check_threads(threads)
         session = _open_session(self.path, session_options, providers)
         if session.get_providers()[0] != providers[0]:
             raise DeviceError(f"{self.path}: onnxruntime could not start {providers[0]}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,12 +89,14 @@ class Stream(_Streams):
     """
 
     def __init__(self, model: InfiniModel, state: State | None = None):
+        _check_model(model)
         super().__init__(model, State.zeros(model.layout) if state is None else state)
 
     @classmethod
     def load(cls, model: InfiniModel, path: str | Path) -> Stream:
         """A stream from a state file written by `Stream.save` for this model."""
-        host = statefile.load_state(path, model.model_id, model.layout.max_file_bytes())
+        _check_model(model)
+        host = statefile.load_state(_path(path), model.model_id, model.layout.max_file_bytes())
         if not all(np.isfinite(a).all() for a in host.values()):
             raise StateFileError(f"{path}: NaN or inf in the saved state")
         try:
@@ -148,7 +151,7 @@ class Stream(_Streams):
             prompt = None  # an empty prompt continues the stream
         elif prompt is None and self._state.logits is None:
             prompt = [self._model.config.bos_token_id]
-        stops = {self._model.config.eos_token_id} if stop is None else set(stop)
+        stops = {self._model.config.eos_token_id} if stop is None else _stop_tokens(stop)
         return self._generate(prompt, sampler, max_new_tokens, stops)
 
     def _generate(self, prompt, sampler, max_new_tokens, stops) -> Iterator[int]:
@@ -187,7 +190,7 @@ class Stream(_Streams):
         """Write the state atomically (see docs/runtime.md for the format)."""
         m = self._model
         statefile.save_state(
-            path, self._state.to_host(), m.model_id, m.variant, graph_files(m.path)
+            _path(path), self._state.to_host(), m.model_id, m.variant, graph_files(m.path)
         )
 
 
@@ -199,9 +202,15 @@ class StreamBatch(_Streams):
     of batched kernels).
     """
 
-    def __init__(self, streams: Sequence[Stream]):
+    def __init__(self, streams: Iterable[Stream]):
+        if not isinstance(streams, Iterable):
+            raise InputError(f"streams must be a list of Streams, got {type(streams).__name__}")
+        streams = list(streams)
         if not streams:
             raise InputError("batch of no streams")
+        for s in streams:
+            if not isinstance(s, Stream):
+                raise InputError(f"streams must be a list of Streams, got {type(s).__name__}")
         model = streams[0].model
         if any(s.model is not model for s in streams):
             raise InputError("streams of another model cannot join this model's batch")
@@ -237,6 +246,29 @@ class StreamBatch(_Streams):
     def split(self) -> list[Stream]:
         """The streams of the batch, each on its own again."""
         return [Stream(self._model, state) for state in self._state.split()]
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, InfiniModel):
+        raise InputError(f"model must be an InfiniModel, got {type(model).__name__}")
+
+
+def _path(path: object) -> str | os.PathLike:
+    """A state file's path; InputError unless a str or os.PathLike."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    return path
+
+
+def _stop_tokens(stop: object) -> set[int]:
+    """generate's `stop` as a set of ids; InputError unless an iterable of integers."""
+    if not isinstance(stop, Iterable) or isinstance(stop, (str, bytes)):
+        raise InputError(f"stop must be a list of token ids, got {type(stop).__name__}")
+    stops = list(stop)
+    for token in stops:
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            raise InputError(f"stop must be a list of token ids, got an item {token!r}")
+    return {int(token) for token in stops}
 
 
 def _chunks(tokens: Tokens) -> Iterator[object]:
