@@ -65,3 +65,14 @@ def test_serve_refuses_nan_options_before_anything_starts(tmp_path):
         )  # fmt: skip
         assert out.returncode == 2 and f"'{option}': 'nan' is not a finite number" in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_serve_and_bench_refuse_more_threads_than_cores_before_starting(tiny_onnx, tmp_path):
+    from infini_onnx.runtime.device import default_threads
+
+    too_many = str(default_threads() + 1)
+    for args in (["serve", str(tiny_onnx[1]), "--state-dir", str(tmp_path / "s")], ["bench"]):
+        out = subprocess.run([sys.executable, "-m", "infini_onnx", *args, "--threads", too_many],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 1 and "threads must be an integer in [1," in out.stderr, out
+        assert "Traceback" not in out.stderr

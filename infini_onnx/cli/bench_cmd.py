@@ -47,6 +47,10 @@ def bench_command(
         )
     from infini_onnx.bench.markdown import summary_text
     from infini_onnx.bench.runner import run
+    from infini_onnx.runtime.device import check_threads
+
+    if threads is not None:
+        check_threads(threads)
 
     program = Path(sys.argv[0])
     program = "infini" if program.name == "infini" else f"python {program}"

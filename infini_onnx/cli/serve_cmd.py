@@ -103,10 +103,13 @@ def serve_command(model, replicas, host, port, state_dir, address, name, threads
     GET    /healthz, /metrics
     """
     from infini_onnx.runtime import InfiniModel
+    from infini_onnx.runtime.device import check_threads
     from infini_onnx.serve.streams import StreamTable
 
     model_path, state_dir = Path(model).resolve(), Path(state_dir).resolve()
     checked = InfiniModel(model_path, threads=1)  # one-line errors before Ray starts
+    if address is None:  # replicas on this machine (a cluster's nodes check their own cores)
+        check_threads(threads)
     budget = memory_budget_mb * MIB
     StreamTable(checked, state_dir, budget, idle_timeout)  # the state dir and the budget
     if address is None:
