@@ -6,7 +6,6 @@ Loaded and validated without torch so that the runtime and the CLI can read it a
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,18 @@ MEMORY_UPDATES = ("linear", "delta")
 # Sizes refused before anything is allocated (a typo such as segment_len 1e12).
 MAX_STATE_BYTES = 1 << 36  # 64 GiB per stream
 MAX_PARAMETERS = 1 << 40
+# A whole segment's local attention holds an N x N float32 causal bias and N x N scores per
+# head: 1 GiB each at N = 2^14, 8 times the largest preset's segment (base: 2048).
+MAX_SEGMENT_LEN = 1 << 14
+# Every integer is a size or a token id held in int64 by numpy and ONNX Runtime; a larger JSON
+# integer fits no tensor and overflows float conversion.
+MAX_INT = (1 << 63) - 1
+# Closed ranges of the float keys. RMSNorm's eps only guards its division: 1e-12 (BERT) to 1e-5
+# (Llama) are in use, and an eps far above the mean square of the activations (~1) makes the
+# output independent of the input. RoPE's frequencies theta^(-2i/d), computed in float32, fall
+# from 1 only for theta >= 1 (a theta that rounds to 0 gives inf, then NaN); models use 1e4 to
+# 5e5, long-context ones a few 1e9.
+FLOAT_RANGES = {"rms_norm_eps": (1e-12, 0.1), "rope_theta": (1.0, 1e12)}
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,11 @@ def _coerce(value: Any, type_name: str, key: str, source: str) -> Any:
     }[type_name]
     if not ok:
         raise ModelDirError(f"{source}: key {key!r} must be {type_name}, got {value!r}")
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        raise ModelDirError(
+            f"{source}: key {key!r} must fit in 64 bits, got an integer of "
+            f"{value.bit_length()} bits"
+        )
     return float(value) if type_name == "float" else value
 
 
@@ -112,11 +128,15 @@ def _validate(c: InfiniConfig) -> None:
         "num_attention_heads",
         "num_key_value_heads",
         "head_dim",
+        "segment_len",
     ):
         if getattr(c, key) < 1:
             raise ModelDirError(f"key {key!r} must be >= 1, got {getattr(c, key)}")
-    if c.segment_len < 1:
-        raise ModelDirError(f"key 'segment_len' must be >= 1, got {c.segment_len}")
+    if c.segment_len > MAX_SEGMENT_LEN:
+        raise ModelDirError(
+            f"key 'segment_len' must be <= {MAX_SEGMENT_LEN} (a segment's attention is N x N), "
+            f"got {c.segment_len}"
+        )
     if c.num_attention_heads % c.num_key_value_heads:
         raise ModelDirError(
             f"key 'num_attention_heads' ({c.num_attention_heads}) must be a multiple of "
@@ -128,9 +148,11 @@ def _validate(c: InfiniConfig) -> None:
         raise ModelDirError(
             f"key 'memory_update' must be one of {MEMORY_UPDATES}, got {c.memory_update!r}"
         )
-    for key in ("rms_norm_eps", "rope_theta"):
-        if not 0 < getattr(c, key) < math.inf:
-            raise ModelDirError(f"key {key!r} must be finite and > 0, got {getattr(c, key)}")
+    for key, (low, high) in FLOAT_RANGES.items():
+        if not low <= getattr(c, key) <= high:  # NaN fails too
+            raise ModelDirError(
+                f"key {key!r} must be in [{low:g}, {high:g}], got {getattr(c, key)}"
+            )
     for key in ("bos_token_id", "eos_token_id"):
         if not 0 <= getattr(c, key) < c.vocab_size:
             raise ModelDirError(f"key {key!r} must be in [0, vocab_size), got {getattr(c, key)}")

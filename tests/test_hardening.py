@@ -19,6 +19,8 @@ from statefiles import read_header, write_header
 from infini_onnx.cli import main
 from infini_onnx.errors import InfiniError, InputError, ModelDirError, ModelFileError
 from infini_onnx.runtime import InfiniModel, StateFileError, Stream, StreamBatch
+from infini_onnx.stepgraph.metadata import digest
+from infini_onnx.stepgraph.names import KEY_DIGEST
 
 TEXT = "Hostile users write strange things. " * 10
 
@@ -205,14 +207,17 @@ def test_7_edited_metadata_is_refused(tiny_onnx, tmp_path, change):
         InfiniModel(path)
 
 
-def test_7_shapes_are_checked_against_the_config_without_a_digest(tiny_onnx, tmp_path):
+def test_7_shapes_are_checked_against_the_config_of_signed_metadata(tiny_onnx, tmp_path):
+    """Metadata edited and signed again (a digest catches edits, not forgeries): the graph's
+    shapes still have to agree with its config."""
     import onnx
 
     path = edited_metadata(tiny_onnx[1], tmp_path / "edited.onnx", vocab_size=300)
     proto = onnx.load(str(path))
-    kept = [p for p in proto.metadata_props if p.key != "infini.metadata_digest"]
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[KEY_DIGEST] = digest(props)
     del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
+    onnx.helper.set_model_props(proto, props)
     onnx.save(proto, str(path))
     with pytest.raises(ModelFileError, match="logits has shape"):
         InfiniModel(path)

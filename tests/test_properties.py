@@ -17,7 +17,7 @@ from infini_onnx.config import InfiniConfig, preset_config
 from infini_onnx.errors import InfiniError, InputError, StateFileError
 from infini_onnx.runtime import InfiniModel, Stream
 from infini_onnx.stepgraph import names
-from infini_onnx.stepgraph.metadata import StepGraphInfo
+from infini_onnx.stepgraph.metadata import StepGraphInfo, digest
 
 FAST = settings(
     derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
@@ -87,6 +87,7 @@ def test_step_graph_metadata(props):
 def test_step_graph_config_in_metadata(config):
     props = {names.KEY_FORMAT_VERSION: "1", names.KEY_MODEL_ID: "0" * 64}
     props[names.KEY_CONFIG] = json.dumps({**BASE_CONFIG, "segment_len": config})
+    props[names.KEY_DIGEST] = digest(props)  # signed: the config itself is what is checked
     outcome(lambda: StepGraphInfo.from_props(props, "x.onnx"))
 
 

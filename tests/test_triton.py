@@ -18,7 +18,7 @@ from infini_onnx.cli import main
 from infini_onnx.errors import InputError, ModelFileError
 from infini_onnx.runtime import InfiniModel, Stream
 from infini_onnx.serve.triton import write_repository
-from infini_onnx.stepgraph.metadata import _digest
+from infini_onnx.stepgraph.metadata import digest
 from infini_onnx.stepgraph.names import KEY_CONFIG, KEY_DIGEST
 
 pytest.importorskip("onnx")
@@ -177,7 +177,7 @@ def signed_edit(onnx_path, out, **changes):
     proto = onnx.load(str(onnx_path))
     props = {p.key: p.value for p in proto.metadata_props}
     props[KEY_CONFIG] = json.dumps({**json.loads(props[KEY_CONFIG]), **changes})
-    props[KEY_DIGEST] = _digest(props)  # signed again
+    props[KEY_DIGEST] = digest(props)  # signed again
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
     onnx.save(proto, str(out))

@@ -7,7 +7,7 @@ import os
 import click
 
 from infini_onnx.cli.common import one_line_errors
-from infini_onnx.config import MEMORY_UPDATES, PRESETS
+from infini_onnx.config import MEMORY_UPDATES, PRESETS, preset_config
 
 
 @click.command("init")
@@ -32,16 +32,17 @@ def init_command(
     from infini_onnx.model import init_model_dir
     from infini_onnx.stepgraph.files import check_output
 
-    out = Path(out_dir)
-    if os.path.lexists(out) and (not out.is_dir() or out.is_symlink() or any(out.iterdir())):
-        raise InfiniError(f"{out_dir}: exists and is not an empty directory; choose a new one")
-    check_output(out / "config.json")  # the parents can be created and written
-
     overrides = {}
     if memory_update:
         overrides["memory_update"] = memory_update
     if segment_len is not None:
         overrides["segment_len"] = segment_len
+    preset_config(preset, **overrides)  # a bad value is refused before torch loads or a write
+    out = Path(out_dir)
+    if os.path.lexists(out) and (not out.is_dir() or out.is_symlink() or any(out.iterdir())):
+        raise InfiniError(f"{out_dir}: exists and is not an empty directory; choose a new one")
+    check_output(out / "config.json")  # the parents can be created and written
+
     model = init_model_dir(out_dir, preset, seed=seed, **overrides)
     n = sum(p.numel() for p in model.parameters())
     click.echo(f"wrote {out_dir}: preset {preset}, {n / 1e6:.2f}M parameters")

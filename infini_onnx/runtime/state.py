@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from infini_onnx.config import InfiniConfig
+from infini_onnx.errors import InputError
 from infini_onnx.runtime.device import DeviceCalls, Outputs
-from infini_onnx.runtime.statefile import MAX_HEADER_BYTES
+from infini_onnx.runtime.statefile import MAX_HEADER_BYTES, MAX_TOKENS_SEEN
 from infini_onnx.stepgraph.names import CACHE_INPUTS, STATE_TENSORS
 
 
@@ -78,7 +79,13 @@ class State:
     def advance(self, out: Outputs, tokens: int) -> State:
         """The state after a call that took `tokens` new tokens: the cache grows by them; when
         the segment is complete the memory commits (memory, norm <- memory_acc_out,
-        norm_acc_out) and the cache empties."""
+        norm_acc_out) and the cache empties. InputError if tokens_seen would pass what a state
+        file stores (MAX_TOKENS_SEEN)."""
+        if (self.tokens_seen > MAX_TOKENS_SEEN - tokens).any():
+            raise InputError(
+                f"{tokens} more tokens would take the stream past {MAX_TOKENS_SEEN:,} tokens, "
+                "the most a state file stores"
+            )
         seen, last = self.tokens_seen + tokens, out.logits[:, -1].copy()  # not a view of all
         cached = self.cached + tokens
         if cached == self.layout.config.segment_len:

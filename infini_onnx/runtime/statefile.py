@@ -25,6 +25,8 @@ STATE_VERSION = "1"
 DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
 CODES = {np.dtype(v): k for k, v in DTYPES.items()}
 MAX_HEADER_BYTES = 1 << 20  # a state's header is a few hundred bytes
+MAX_NDIM = 8  # a state's tensors have at most 5 dimensions ([B, L, G, P, d])
+MAX_TOKENS_SEEN = (1 << 63) - 1  # tokens_seen is stored as I64
 
 
 def _checksum(header: dict, data: bytes | memoryview) -> str:
@@ -115,9 +117,13 @@ def _tensor(info: object, data: memoryview, corrupt) -> np.ndarray:
     whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
     if not isinstance(shape, list) or not all(whole(n) for n in shape):
         raise corrupt(f"bad shape {shape!r}")
+    if len(shape) > MAX_NDIM:
+        raise corrupt(f"{len(shape)} dimensions, at most {MAX_NDIM}")
+    dtype = np.dtype(DTYPES[info["dtype"]])
+    if math.prod(n for n in shape if n) * dtype.itemsize > len(data):  # even if a 0 empties it
+        raise corrupt(f"shape larger than the {len(data):,} bytes of data")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(whole, offsets))):
         raise corrupt(f"bad data_offsets {offsets!r}")
-    dtype = np.dtype(DTYPES[info["dtype"]])
     start, end = offsets
     if not start <= end <= len(data) or end - start != math.prod(shape) * dtype.itemsize:
         raise corrupt(f"data_offsets {offsets} do not fit shape {shape} and the data")

@@ -51,7 +51,7 @@ class StepGraphInfo:
         }
         if self.tokenizer_json is not None:
             props[KEY_TOKENIZER] = self.tokenizer_json
-        return {**props, KEY_DIGEST: _digest(props)}
+        return {**props, KEY_DIGEST: digest(props)}
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str) -> StepGraphInfo:
@@ -72,8 +72,12 @@ class StepGraphInfo:
         missing = [k for k in (KEY_CONFIG, KEY_MODEL_ID) if k not in props]
         if missing:
             raise ModelFileError(f"{source}: metadata {missing[0]!r} missing")
-        signed = {k: props[k] for k in SIGNED_KEYS if k in props}
-        if KEY_DIGEST in props and props[KEY_DIGEST] != _digest(signed):  # files of 0.1 have none
+        if KEY_DIGEST not in props:
+            raise ModelFileError(
+                f"{source}: the metadata has no digest ({KEY_DIGEST}): edited, or exported "
+                "before infini-onnx signed its metadata; export the model again"
+            )
+        if props[KEY_DIGEST] != digest(props):
             raise ModelFileError(
                 f"{source}: metadata edited after export ({KEY_DIGEST} does not match): "
                 "export the model again"
@@ -92,7 +96,8 @@ class StepGraphInfo:
         )
 
 
-def _digest(props: Mapping[str, str]) -> str:
+def digest(props: Mapping[str, str]) -> str:
+    """The metadata digest of the signed keys in `props` (it catches edits, not forgeries)."""
     canonical = json.dumps({k: props[k] for k in SIGNED_KEYS if k in props}, sort_keys=True)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
