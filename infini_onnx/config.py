@@ -14,6 +14,7 @@ from infini_onnx.errors import ModelDirError
 
 MODEL_TYPE = "infini-llama"
 MEMORY_UPDATES = ("linear", "delta")
+OPTIONAL_KEYS = ("local_window",)
 # Sizes refused before anything is allocated (a typo such as segment_len 1e12).
 MAX_STATE_BYTES = 1 << 36  # 64 GiB per stream
 MAX_PARAMETERS = 1 << 40
@@ -47,6 +48,10 @@ class InfiniConfig:
     eos_token_id: int
     segment_len: int
     memory_update: str
+    # W: each token attends to itself and the W - 1 tokens before it, across segment
+    # boundaries (step-graph format 2). None (the key absent): the current segment only, the
+    # meaning of every model directory written before the key existed.
+    local_window: int | None = None
     model_type: str = MODEL_TYPE
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -62,6 +67,8 @@ class InfiniConfig:
         """The config.json content: known keys first, then the kept unknown ones."""
         d = asdict(self)
         extra = d.pop("extra")
+        if d["local_window"] is None:  # absent, as in the directories written before it
+            del d["local_window"]
         return {**d, **{k: v for k, v in extra.items() if k not in d}}
 
     def to_json(self) -> str:
@@ -80,9 +87,10 @@ class InfiniConfig:
         known = {f.name: f for f in fields(cls) if f.name not in ("extra", "model_type")}
         values: dict[str, Any] = {}
         for name, f in known.items():
-            if name not in data:
+            if name in data:
+                values[name] = _coerce(data[name], f.type, name, source)
+            elif name not in OPTIONAL_KEYS:
                 raise ModelDirError(f"{source}: missing required key {name!r}")
-            values[name] = _coerce(data[name], f.type, name, source)
         extra = {k: v for k, v in data.items() if k not in known and k != "model_type"}
         try:
             return cls(**values, extra=extra)
@@ -108,6 +116,7 @@ def _coerce(value: Any, type_name: str, key: str, source: str) -> Any:
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
+        "int | None": value is None or (isinstance(value, int) and not isinstance(value, bool)),
     }[type_name]
     if not ok:
         raise ModelDirError(f"{source}: key {key!r} must be {type_name}, got {value!r}")
@@ -137,6 +146,11 @@ def _validate(c: InfiniConfig) -> None:
             f"key 'segment_len' must be <= {MAX_SEGMENT_LEN} (a segment's attention is N x N), "
             f"got {c.segment_len}"
         )
+    if c.local_window is not None and not 1 <= c.local_window <= MAX_SEGMENT_LEN:
+        raise ModelDirError(
+            f"key 'local_window' must be in [1, {MAX_SEGMENT_LEN}] (each token's attention spans "
+            f"it), got {c.local_window}"
+        )
     if c.num_attention_heads % c.num_key_value_heads:
         raise ModelDirError(
             f"key 'num_attention_heads' ({c.num_attention_heads}) must be a multiple of "
@@ -165,10 +179,11 @@ def _validate(c: InfiniConfig) -> None:
 
 
 def state_bytes(c: InfiniConfig) -> int:
-    """float32 bytes of one stream's state at its largest: M, z, their accumulators and a full
-    segment of cache."""
+    """float32 bytes of one stream's state at its largest: M, z, their accumulators and the
+    local-attention cache (a segment in format 1, the window in format 2)."""
     L, G, d = c.num_hidden_layers, c.num_key_value_heads, c.head_dim
-    return 4 * L * G * (2 * d * d + 2 * d + 2 * c.segment_len * d)
+    cached = max(c.segment_len, c.local_window or 0)
+    return 4 * L * G * (2 * d * d + 2 * d + 2 * cached * d)
 
 
 def parameter_count(c: InfiniConfig) -> int:
@@ -226,4 +241,5 @@ def preset_config(name: str, **overrides: Any) -> InfiniConfig:
     )
     values.update(PRESETS[name])
     values.update(overrides)
+    values.setdefault("local_window", values["segment_len"])  # new models: W = N
     return InfiniConfig.from_dict({"model_type": MODEL_TYPE, **values}, source=f"preset {name}")

@@ -24,7 +24,7 @@ from infini_onnx.errors import InfiniError, InputError
 from infini_onnx.runtime import InfiniModel, Stream
 from infini_onnx.runtime.device import default_threads
 from infini_onnx.runtime.progress import Progress, rss_bytes
-from infini_onnx.stepgraph.names import FORMAT_VERSION
+from infini_onnx.stepgraph.state_spec import LATEST
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "passkey-tiny"
 # The same model exported and int8-quantised, inside the package: what a runtime-only install
@@ -73,7 +73,8 @@ def cache_key(model_dir: Path) -> str:
     tokenizer = modeldir.tokenizer_text(model_dir)
     if tokenizer is None:
         raise InputError(f"{model_dir}: no {modeldir.TOKENIZER}: the pass-key demo needs text")
-    parts = [modeldir.model_id(model_dir), tokenizer, FORMAT_VERSION, CACHED_VARIANT, __version__]
+    model_id, version = modeldir.model_id(model_dir), str(LATEST.version)
+    parts = [model_id, tokenizer, version, CACHED_VARIANT, __version__]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 

@@ -33,6 +33,9 @@ def test_help_lists_every_command_and_loads_nothing_heavy():
     assert loaded == set()
     listed = [line.split()[0] for line in text.split("Commands:")[1].splitlines() if line.strip()]
     assert listed == list(COMMANDS)
+    stages = text.split("Stages:")[1].split("Options:")[0]
+    described = [line.split()[0] for line in stages.splitlines() if line.strip()]
+    assert described == list(COMMANDS)  # the overview names every command, in order
 
 
 def test_init_loads_neither_onnx_nor_onnxruntime(tmp_path):

@@ -22,13 +22,18 @@ from infini_onnx import modeldir
 from infini_onnx.cli.export_cmd import export_command
 from infini_onnx.errors import ValidationError
 from infini_onnx.export import exporter, validate
-from infini_onnx.model import from_pretrained
+from infini_onnx.model import from_pretrained, init_model_dir
 from infini_onnx.stepgraph import names
 from infini_onnx.stepgraph.memory_path import memory_node_names
-from infini_onnx.stepgraph.names import MEMORY_INPUTS, MEMORY_PREFIX
+from infini_onnx.stepgraph.metadata import StepGraphInfo
+from infini_onnx.stepgraph.names import MEMORY_PREFIX
+from infini_onnx.stepgraph.state_spec import LATEST, MEMORY_INPUTS
 
+FIXTURES = Path(__file__).parent / "fixtures"
 VARIANTS = [("delta", True), ("linear", False), ("linear", True), ("delta", False)]
-STATE = ("memory", "norm", "memory_acc", "norm_acc", "past_key", "past_value")
+MEMORY = ("memory", "norm", "memory_acc", "norm_acc")
+STATE = (*MEMORY, "past_key", "past_value")
+OUTPUTS = ("logits", "new_key", "new_value", "memory_acc_out", "norm_acc_out")
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -37,18 +42,60 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def new_state(config, batch: int, cache_dtype=np.float32) -> dict[str, np.ndarray]:
+def cache_dtype(sess: ort.InferenceSession) -> type:
+    types = {i.name: i.type for i in sess.get_inputs()}
+    return np.float16 if types["past_key"] == "tensor(float16)" else np.float32
+
+
+def slots(config) -> int:
+    """K: the ring's slots, W - 1 (N - 1 without a window; one unseen slot for W = 1), spelled
+    here, not read from the spec."""
+    return max((config.local_window or config.segment_len) - 1, 1)
+
+
+def new_state(config, batch: int, cache, rows: int) -> dict[str, np.ndarray]:
+    """A new stream: zero memory and a cache of `rows` rows."""
     L, G, d = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
     memory, norm = np.zeros((batch, L, G, d, d), np.float32), np.zeros((batch, L, G, d), np.float32)
-    cache = np.zeros((batch, L, G, 0, d), cache_dtype)
-    return dict(memory=memory, norm=norm, memory_acc=memory, norm_acc=norm, past_key=cache,
-                past_value=cache)  # fmt: skip
+    empty = np.zeros((batch, L, G, rows, d), cache)
+    return dict(memory=memory, norm=norm, memory_acc=memory, norm_acc=norm, past_key=empty,
+                past_value=empty.copy())  # fmt: skip
 
 
 def ort_stream(sess, config, ids: np.ndarray, chunks: list[int], on_call=None):
-    """The runtime loop of docs/design.md: returns all logits [B, S, V] and the final state."""
-    cache_dtype = np.float16 if sess.get_inputs()[1].type == "tensor(float16)" else np.float32
-    state, logits, start = new_state(config, ids.shape[0], cache_dtype), [], 0
+    """The format-2 runtime loop of docs/design.md: returns all logits [B, S, V] and the final
+    state (its ring in slots p mod K, `position` the tokens seen)."""
+    N, K, batch = config.segment_len, slots(config), ids.shape[0]
+    state = dict(new_state(config, batch, cache_dtype(sess), K), position=0)
+    logits = []
+    for take in chunks:
+        position = state["position"]
+        assert position % N + take <= N, "a call must not cross a segment boundary"
+        feeds = {k: v for k, v in state.items() if k != "position"}
+        feeds.update(
+            input_ids=ids[:, position : position + take],
+            position=np.full(batch, position, np.int64),
+            num_logits=np.array([take]),
+        )
+        out, key, value, memory_acc, norm_acc = sess.run(list(OUTPUTS), feeds)
+        logits.append(out)
+        ring_key, ring_value = state["past_key"].copy(), state["past_value"].copy()
+        for i in range(take):  # later tokens overwrite earlier ones in the ring
+            ring_key[:, :, :, (position + i) % K] = key[:, :, :, i]
+            ring_value[:, :, :, (position + i) % K] = value[:, :, :, i]
+        state.update(past_key=ring_key, past_value=ring_value, memory_acc=memory_acc,
+                     norm_acc=norm_acc, position=position + take)  # fmt: skip
+        if state["position"] % N == 0:  # segment complete: the memory commits, the ring stays
+            state.update(memory=memory_acc, norm=norm_acc)
+        if on_call:
+            on_call(key.shape[3], state)
+    return np.concatenate(logits, axis=1), state
+
+
+def ort_stream_format_1(sess, config, ids: np.ndarray, chunks: list[int]) -> np.ndarray:
+    """The format-1 runtime loop (a cache of the segment's tokens, emptied at the commit):
+    all logits [B, S, V]."""
+    state, logits, start = new_state(config, ids.shape[0], cache_dtype(sess), 0), [], 0
     for take in chunks:
         feeds = dict(state, input_ids=ids[:, start : start + take], num_logits=np.array([take]))
         out, key, value, mem_acc, norm_acc = sess.run(None, feeds)
@@ -59,9 +106,7 @@ def ort_stream(sess, config, ids: np.ndarray, chunks: list[int], on_call=None):
                          past_key=key[:, :, :, :0], past_value=value[:, :, :, :0])  # fmt: skip
         else:
             state.update(memory_acc=mem_acc, norm_acc=norm_acc, past_key=key, past_value=value)
-        if on_call:
-            on_call(key.shape[3], state)
-    return np.concatenate(logits, axis=1), state
+    return np.concatenate(logits, axis=1)
 
 
 @torch.no_grad()
@@ -71,7 +116,8 @@ def torch_stream(model, ids: np.ndarray, chunks: list[int]):
         out, state = model(torch.from_numpy(ids[:, start : start + take]), state)
         logits.append(out)
         start += take
-    return torch.cat(logits, 1).numpy(), {k: getattr(state, k).float().numpy() for k in STATE}
+    ref = {k: getattr(state, k).float().numpy() for k in STATE}
+    return torch.cat(logits, 1).numpy(), dict(ref, position=state.tokens_seen)
 
 
 def random_ids(batch: int, n: int, seed: int = 0) -> np.ndarray:
@@ -85,49 +131,91 @@ def rel(ref: np.ndarray, got: np.ndarray) -> float:
 # --- numerics -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("memory_update,gqa", VARIANTS)
-def test_stream_matches_pytorch(onnx_factory, memory_update, gqa):
-    """Whole segments, a partial one, then decoding across a boundary; batch 2, distinct rows."""
-    model_dir, path = onnx_factory(memory_update, gqa)
+@pytest.mark.parametrize(
+    "memory_update,gqa,window",
+    [(*v, "default") for v in VARIANTS] + [("delta", True, None), ("delta", True, 7)],
+)
+def test_stream_matches_pytorch(onnx_factory, memory_update, gqa, window):
+    """Whole segments, a partial one, then decoding across a boundary; batch 2, distinct rows.
+    Windows: W = N (the default), none (the current segment only, format 1's meaning) and
+    W = 7 (a ring of 6, smaller than a call)."""
+    overrides = {} if window == "default" else dict(local_window=window)
+    model_dir, path = onnx_factory(memory_update, gqa, **overrides)
     model = from_pretrained(model_dir)
     N = model.config.segment_len
+    assert model.config.local_window == (N if window == "default" else window)
     chunks = [N, N, N - 3] + [1] * 6
     ids = random_ids(2, sum(chunks))
     assert not np.array_equal(ids[0], ids[1])
     ref_logits, ref_state = torch_stream(model, ids, chunks)
     logits, state = ort_stream(session(path), model.config, ids, chunks)
     assert np.abs(ref_logits - logits).max() < 1e-4
-    for name in ("memory", "norm", "memory_acc", "norm_acc"):
+    assert state["position"] == ref_state["position"] == sum(chunks)
+    for name in MEMORY:
         assert rel(ref_state[name], state[name]) < 1e-5, name
     for name in ("past_key", "past_value"):
-        assert state[name].shape[3] == 3
+        assert state[name].shape[3] == slots(model.config)
         assert np.abs(ref_state[name] - state[name]).max() < 1e-4, name
+
+
+def test_a_model_without_window_gives_its_format_1_logits(tmp_path):
+    """A model without local_window (the current segment only), exported to format 2, gives the
+    logits of the format-1 graph that format-1 infini-onnx exported from it (tests/fixtures):
+    whole segments, a partial one, single tokens across a commit, then two more segments."""
+    model_dir = tmp_path / "model"
+    init_model_dir(model_dir, "tiny", seed=7, local_window=None)
+    old = session(FIXTURES / "format1-tiny.onnx")
+    meta = old.get_modelmeta().custom_metadata_map
+    assert meta[names.KEY_FORMAT_VERSION] == "1"
+    assert meta[names.KEY_MODEL_ID] == modeldir.model_id(model_dir)  # the fixture's model
+    new = session(exporter.export_model(model_dir, tmp_path / "model.onnx"))
+    config = modeldir.load_config(model_dir)
+    N = config.segment_len
+    chunks = [N, N - 3] + [1] * 6 + [N - 3, N - 4, 4]
+    ids = random_ids(2, sum(chunks), seed=3)
+    want = ort_stream_format_1(old, config, ids, chunks)
+    got, _ = ort_stream(new, config, ids, chunks)
+    diff = float(np.abs(want - got).max())
+    assert diff < 2e-6 * np.abs(want).max(), diff  # float32 rounding only (measured 1.8e-7)
 
 
 def step_inputs(model, batch: int, tokens: int, past: int, num_logits: int, seed: int = 1):
     args = exporter.example_inputs(model, batch, tokens, past, num_logits, seed=seed)
-    return {name: t.numpy() for name, t in zip(names.INPUT_NAMES, args, strict=True)}
+    return {name: t.numpy() for name, t in zip(LATEST.input_names, args, strict=True)}
 
 
 @torch.no_grad()
 def torch_step(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    args = [torch.from_numpy(feeds[name]) for name in names.INPUT_NAMES[:-1]]
-    return [t.numpy() for t in model.step(*args, num_logits=int(feeds["num_logits"][0]))]
+    """The reference's step on the graph's feeds (by name), its outputs in the graph's order."""
+    args = {name: torch.from_numpy(v) for name, v in feeds.items() if name != "num_logits"}
+    return [t.numpy() for t in model.step(**args, num_logits=int(feeds["num_logits"][0]))]
 
 
 @pytest.mark.parametrize(
-    "batch,tokens,past,num_logits",
-    [(3, 5, 7, 5), (3, 5, 7, 2), (1, 1, 0, 1), (2, 4, 0, 10), (1, 32, 0, 1), (2, 1, 31, 1)],
+    "batch,tokens,past,num_logits,segments",
+    [
+        (3, 5, 7, 5, (5, 0, 1)),
+        (3, 5, 7, 2, (5, 5, 5)),
+        (1, 1, 0, 1, (0,)),
+        (2, 4, 0, 10, (5, 2)),
+        (1, 32, 0, 1, (5,)),
+        (2, 1, 31, 1, (0, 9)),
+    ],
 )
-def test_dynamic_shapes(tiny_onnx, batch, tokens, past, num_logits):
-    """Nothing is fixed at trace time (B=2, T=3, P=2): other sizes, T=1, P=0, num_logits > T."""
+def test_dynamic_shapes(tiny_onnx, batch, tokens, past, num_logits, segments):
+    """Nothing is fixed at trace time (B=2, T=3, position 5N+2): other sizes, T=1, T=N,
+    num_logits > T, and each row at its own position (row b after segments[b] segments and
+    `past` tokens; at the stream's start the ring's slots hold no token yet)."""
     model_dir, path = tiny_onnx
     model = from_pretrained(model_dir)
+    N, K = model.config.segment_len, slots(model.config)
     feeds = step_inputs(model, batch, tokens, past, num_logits)
+    feeds["position"] = np.array(segments, np.int64) * N + past
     got = session(path).run(None, feeds)
     ref = torch_step(model, feeds)
+    assert feeds["past_key"].shape == (batch, 2, 2, K, 16)
     assert got[0].shape == (batch, min(num_logits, tokens), 258)
-    assert got[1].shape == got[2].shape == (batch, 2, 2, past + tokens, 16)
+    assert got[1].shape == got[2].shape == (batch, 2, 2, tokens, 16)  # the new rows only
     for r, g in zip(ref, got, strict=True):
         assert r.shape == g.shape
         assert np.abs(r - g).max() < 1e-4 * max(1.0, float(np.abs(r).max()))
@@ -147,22 +235,25 @@ def test_reference_evaluator(tiny_onnx):
 
 
 def test_state_is_constant_size_over_50_segments(tiny_onnx):
-    """State shapes after 1 and 50 segments are equal; the cache never exceeds segment_len."""
+    """The state has the same shapes at every one of 50 commits, its ring K slots; each call
+    returns its T new rows only, however long the stream."""
     model_dir, path = tiny_onnx
     config = from_pretrained(model_dir).config
     N = config.segment_len
     # Alternate whole-segment calls with segments fed as a chunk plus single tokens.
     chunks = [c for s in range(50) for c in ([N] if s % 2 == 0 else [N - 4, 1, 1, 1, 1])]
-    sizes, shapes = [], []
+    rows, shapes = [], []
 
-    def on_call(present_len, state):
-        sizes.append(present_len)
-        if state["past_key"].shape[3] == 0:
-            shapes.append({k: v.shape for k, v in state.items()})
+    def on_call(new_rows, state):
+        rows.append(new_rows)
+        if state["position"] % N == 0:
+            shapes.append({k: np.shape(v) for k, v in state.items()})
 
     _, state = ort_stream(session(path), config, random_ids(1, sum(chunks)), chunks, on_call)
-    assert len(shapes) == 50 and shapes[0] == shapes[-1]
-    assert max(sizes) == N
+    assert rows == chunks
+    assert len(shapes) == 50 and all(s == shapes[0] for s in shapes)
+    assert shapes[0]["past_key"] == shapes[0]["past_value"] == (1, 2, 2, slots(config), 16)
+    assert state["position"] == 50 * N
     assert all(np.isfinite(v).all() for v in state.values())
 
 
@@ -183,28 +274,30 @@ def io_types(path: Path) -> dict[str, tuple[int, list]]:
 def test_contract_names_shapes_metadata(tiny_onnx):
     model_dir, path = tiny_onnx
     proto = onnx.load(str(path))
-    assert [i.name for i in proto.graph.input] == list(names.INPUT_NAMES)
-    assert [o.name for o in proto.graph.output] == list(names.OUTPUT_NAMES)
+    assert [i.name for i in proto.graph.input] == list(LATEST.input_names)
+    assert [o.name for o in proto.graph.output] == list(LATEST.output_names)
     F, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     assert io_types(path) == {
         "input_ids": (I64, ["batch", "tokens"]),
-        "past_key": (F, ["batch", 2, 2, "past", 16]),
-        "past_value": (F, ["batch", 2, 2, "past", 16]),
+        "past_key": (F, ["batch", 2, 2, 31, 16]),  # the ring: K = W - 1 = N - 1 slots
+        "past_value": (F, ["batch", 2, 2, 31, 16]),
         "memory": (F, ["batch", 2, 2, 16, 16]),
         "norm": (F, ["batch", 2, 2, 16]),
         "memory_acc": (F, ["batch", 2, 2, 16, 16]),
         "norm_acc": (F, ["batch", 2, 2, 16]),
+        "position": (I64, ["batch"]),
         "num_logits": (I64, [1]),
         "logits": (F, ["batch", "logits_len", 258]),
-        "present_key": (F, ["batch", 2, 2, "present_len", 16]),
-        "present_value": (F, ["batch", 2, 2, "present_len", 16]),
+        "new_key": (F, ["batch", 2, 2, "tokens", 16]),  # the T new rows
+        "new_value": (F, ["batch", 2, 2, "tokens", 16]),
         "memory_acc_out": (F, ["batch", 2, 2, 16, 16]),
         "norm_acc_out": (F, ["batch", 2, 2, 16]),
     }
     assert [(o.domain, o.version) for o in proto.opset_import] == [("", exporter.DEFAULT_OPSET)]
     assert proto.ir_version == 8  # ONNX Runtime 1.15 and 1.16 refuse IR 10
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta[names.KEY_FORMAT_VERSION] == "1"
+    assert meta[names.KEY_FORMAT_VERSION] == "2"
+    assert StepGraphInfo.from_props(meta, str(path)).spec is LATEST
     assert meta[names.KEY_VARIANT] == "fp32"
     assert json.loads(meta[names.KEY_CONFIG]) == json.loads((model_dir / "config.json").read_text())
     assert meta[names.KEY_TOKENIZER] == (model_dir / "tokenizer.json").read_text()
@@ -277,9 +370,10 @@ def test_fp16_structure_and_numerics(model_dir_factory, tmp_path):
     path = exporter.export_model(model_dir, tmp_path / "fp16.onnx", dtype="fp16")
     F, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
     types = {name: t for name, (t, _) in io_types(path).items()}
+    I64 = onnx.TensorProto.INT64
     assert types == dict(
-        input_ids=onnx.TensorProto.INT64, num_logits=onnx.TensorProto.INT64,
-        past_key=F16, past_value=F16, present_key=F16, present_value=F16, logits=F,
+        input_ids=I64, position=I64, num_logits=I64,
+        past_key=F16, past_value=F16, new_key=F16, new_value=F16, logits=F,
         memory=F, norm=F, memory_acc=F, norm_acc=F, memory_acc_out=F, norm_acc_out=F,
     )  # fmt: skip
     proto = onnx.load(str(path))
@@ -298,7 +392,7 @@ def test_fp16_structure_and_numerics(model_dir_factory, tmp_path):
     ref_logits, ref_state = torch_stream(model, ids, chunks)
     logits, state = ort_stream(session(path), model.config, ids, chunks)
     assert np.abs(ref_logits - logits).max() < 1e-2
-    for name in ("memory", "norm", "memory_acc", "norm_acc"):
+    for name in MEMORY:
         assert state[name].dtype == np.float32
         assert rel(ref_state[name], state[name]) < 1e-2, name
 

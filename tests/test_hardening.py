@@ -253,17 +253,25 @@ def test_8_crafted_state_files_are_refused(tiny_model, tmp_path, edit):
         Stream.load(tiny_model, path)
 
 
-def test_8_tokens_seen_must_fit_the_cache(tiny_model, tmp_path):
+@pytest.mark.parametrize("graph", ["format 2", "format 1"])
+def test_8_tokens_seen_must_fit_the_cache(tiny_model, tmp_path, graph):
+    """A negative count is refused; a format-1 state's cache must also hold tokens_seen mod N
+    tokens (format 2's ring has a fixed size at every position)."""
     from infini_onnx.runtime import statefile
 
-    stream = Stream(tiny_model)
+    fixture = Path(__file__).parent / "fixtures" / "format1-tiny.onnx"
+    model = tiny_model if graph == "format 2" else InfiniModel(fixture, threads=1)
+    stream = Stream(model)
     stream.feed([1, 2, 3])
-    for bad in (-1, 4, 36):  # 35 would fit: a whole segment and 3 cached
+    bad_counts = (-1,) if graph == "format 2" else (-1, 4, 36)  # 35 fits: a segment and 3
+    for bad in bad_counts:
         host = stream.state.to_host()
         host["tokens_seen"] = np.array([bad])
-        statefile.save_state(tmp_path / "s.state", host, tiny_model.model_id, "fp32")
+        statefile.save_state(
+            tmp_path / "s.state", host, model.model_id, "fp32", model.format_version
+        )
         with pytest.raises(StateFileError, match="tokens_seen"):
-            Stream.load(tiny_model, tmp_path / "s.state")
+            Stream.load(model, tmp_path / "s.state")
 
 
 def test_8_an_oversized_state_file_is_refused_before_it_is_read(tiny_model, tmp_path):

@@ -257,7 +257,9 @@ def stream_near_the_end(model: InfiniModel, tmp_path: Path, left: int) -> Stream
     stream.feed(np.arange((MAX_TOKENS - left) % N) + 1)
     host = stream.state.to_host()
     host["tokens_seen"] = np.array([MAX_TOKENS - left])
-    statefile.save_state(tmp_path / "near.state", host, model.model_id, model.variant)
+    statefile.save_state(
+        tmp_path / "near.state", host, model.model_id, model.variant, model.format_version
+    )
     return Stream.load(model, tmp_path / "near.state")
 
 

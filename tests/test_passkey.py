@@ -187,10 +187,14 @@ def test_runtime_only_wheel_runs_the_demo(tmp_path):
     on the model it carries. Built from a copy of the repository's files, not in place."""
     import subprocess
     import sys
+    import zipfile
 
     from edge.runtime_wheel import build_wheel
 
     wheel = build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:  # the benchmark harness stays in the repository
+        assert not [n for n in archive.namelist() if n.startswith("infini_onnx/bench/")]
+        assert "infini_onnx/data/passkey-tiny-int8.onnx" in archive.namelist()
     run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # noqa: E731
     venv = tmp_path / "venv"
     assert run(sys.executable, "-m", "venv", str(venv)).returncode == 0
@@ -203,3 +207,5 @@ def test_runtime_only_wheel_runs_the_demo(tmp_path):
     demo_run = run(str(venv / "bin" / "infini"), "demo", "passkey", "--length", "20000")
     assert demo_run.returncode == 0, demo_run.stderr
     assert "answer" in demo_run.stdout and "first use" not in demo_run.stdout
+    bench = run(str(venv / "bin" / "infini"), "bench", "--quick")
+    assert bench.returncode == 1 and "infini bench runs from a source checkout" in bench.stderr

@@ -1,10 +1,12 @@
 """Property-based tests (hypothesis, derandomized): whatever a file or a caller hands us, the
-answer is a result or the project's own one-line error (an InfiniError), never a traceback."""
+answer is a result or the project's own one-line error (an InfiniError), never a traceback; and
+the format-2 ring keeps the last tokens whatever the call."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,10 +16,11 @@ from statefiles import read_header, write_header
 
 from infini_onnx import modeldir
 from infini_onnx.config import InfiniConfig, preset_config
-from infini_onnx.errors import InfiniError, InputError, StateFileError
+from infini_onnx.errors import InfiniError, InputError, ModelFileError, StateFileError
 from infini_onnx.runtime import InfiniModel, Stream
 from infini_onnx.stepgraph import names
 from infini_onnx.stepgraph.metadata import StepGraphInfo, digest
+from infini_onnx.stepgraph.state_spec import FORMAT_1, FORMAT_2, LATEST, ring_slots
 
 FAST = settings(
     derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
@@ -39,6 +42,8 @@ json_values = st.recursive(
     max_leaves=6,
 )
 BASE_CONFIG = preset_config("tiny").to_dict()
+READ = {"1": FORMAT_1, "2": FORMAT_2}  # the format versions this infini-onnx reads
+SIGN = "<sign>"  # a digest value the metadata test replaces with the true digest
 
 
 def outcome(call) -> object:
@@ -61,17 +66,19 @@ def test_config_json(changes, removed):
     if isinstance(config, InfiniConfig):
         assert all(math.isfinite(x) for x in (config.rms_norm_eps, config.rope_theta))
         assert config.num_attention_heads % config.num_key_value_heads == 0
+        assert config.local_window == data.get("local_window")  # absent: None, no window
+        assert config.local_window is None or config.local_window >= 1
 
 
 metadata = st.fixed_dictionaries(
     {},
     optional={
-        names.KEY_FORMAT_VERSION: st.sampled_from(["1", "2", ""]) | st.text(max_size=3),
+        names.KEY_FORMAT_VERSION: st.sampled_from(["1", "2", "3", ""]) | st.text(max_size=3),
         names.KEY_CONFIG: st.just(json.dumps(BASE_CONFIG)) | json_values.map(json.dumps),
         names.KEY_VARIANT: st.text(max_size=8),
         names.KEY_MODEL_ID: st.text(max_size=8),
         names.KEY_TOKENIZER: st.text(max_size=8),
-        names.KEY_DIGEST: st.text(max_size=8),
+        names.KEY_DIGEST: st.just(SIGN) | st.text(max_size=8),
     },
 )
 
@@ -79,16 +86,66 @@ metadata = st.fixed_dictionaries(
 @settings(FAST, max_examples=1000)
 @given(metadata)
 def test_step_graph_metadata(props):
-    outcome(lambda: StepGraphInfo.from_props(props, "x.onnx"))
+    if props.get(names.KEY_DIGEST) == SIGN:  # signed: the other keys are what is checked
+        props[names.KEY_DIGEST] = digest(props)
+    info = outcome(lambda: StepGraphInfo.from_props(props, "x.onnx"))
+    if isinstance(info, StepGraphInfo):
+        version = props[names.KEY_FORMAT_VERSION]
+        assert version in READ and info.spec is READ[version]
 
 
 @settings(FAST, max_examples=500)
-@given(json_values)
-def test_step_graph_config_in_metadata(config):
-    props = {names.KEY_FORMAT_VERSION: "1", names.KEY_MODEL_ID: "0" * 64}
+@given(st.sampled_from(list(READ)), json_values)
+def test_step_graph_config_in_metadata(version, config):
+    props = {names.KEY_FORMAT_VERSION: version, names.KEY_MODEL_ID: "0" * 64}
     props[names.KEY_CONFIG] = json.dumps({**BASE_CONFIG, "segment_len": config})
     props[names.KEY_DIGEST] = digest(props)  # signed: the config itself is what is checked
     outcome(lambda: StepGraphInfo.from_props(props, "x.onnx"))
+
+
+@settings(FAST, max_examples=300)
+@given(st.integers(-3, 12) | st.integers(-(2**70), 2**70))
+def test_signed_format_versions(version):
+    """Metadata signed for format version n (as an infini-onnx of format n writes it): 1 and 2
+    are read, each with its own state contract; any other is refused as not supported."""
+    spec = replace(LATEST, version=version)
+    props = StepGraphInfo(preset_config("tiny"), "fp32", "0" * 64, spec=spec).to_props()
+    info = outcome(lambda: StepGraphInfo.from_props(props, "x.onnx"))
+    if str(version) in READ:
+        assert isinstance(info, StepGraphInfo) and info.spec is READ[str(version)]
+    else:
+        assert isinstance(info, ModelFileError) and "is not supported" in str(info)
+
+
+@settings(FAST, max_examples=500)
+@given(st.sampled_from(["2", "3", "0", "01", "2.0", " 2", "+2", "\u0662"]) | st.text(max_size=4))
+def test_format_version_strings(version):
+    """Only the exact strings "1" and "2" are versions this infini-onnx reads (in metadata
+    signed with the version string)."""
+    props = StepGraphInfo(preset_config("tiny"), "fp32", "0" * 64).to_props()
+    props[names.KEY_FORMAT_VERSION] = version
+    props[names.KEY_DIGEST] = digest(props)
+    info = outcome(lambda: StepGraphInfo.from_props(props, "x.onnx"))
+    if version in READ:
+        assert isinstance(info, StepGraphInfo) and info.spec is READ[version]
+    else:
+        assert isinstance(info, ModelFileError) and "is not supported" in str(info)
+
+
+@settings(FAST, max_examples=500)
+@given(st.integers(0, 2**62), st.integers(0, 100), st.integers(0, 40))
+def test_ring_slots_keep_the_last_tokens(position, tokens, slots):
+    """The rows a call writes at ring_slots leave the ring as writing each of its tokens in turn
+    at slot (position + i) mod K would: every slot holds the latest token of its residue."""
+    want = ["old"] * slots
+    for i in range(tokens if slots else 0):
+        want[(position + i) % slots] = i
+    where, kept = ring_slots(position, tokens, slots)
+    assert kept == min(tokens, slots) == len(where)
+    got = ["old"] * slots
+    for row, slot in zip(range(tokens - kept, tokens), where, strict=True):
+        got[slot] = row
+    assert got == want
 
 
 shard_names = st.sampled_from(
@@ -143,7 +200,7 @@ def saved_state(tiny_onnx, tmp_path_factory):
 
 @settings(FAST, max_examples=400)
 @given(
-    st.sampled_from(["memory", "norm", "past_key", "tokens_seen", "logits", "__metadata__"]),
+    st.sampled_from([*LATEST.names, "tokens_seen", "logits", "__metadata__"]),
     st.sampled_from(["dtype", "shape", "data_offsets", None]),
     json_values,
     st.booleans(),

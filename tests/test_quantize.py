@@ -17,11 +17,12 @@ from infini_onnx.quantize.calibration import CarriedStateReader
 from infini_onnx.quantize.corpus import token_stream
 from infini_onnx.quantize.plan import QUANTIZED_OPS, load_step_graph, plan_graph
 from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
-from infini_onnx.quantize.segments import open_model, segments, stream_segments
+from infini_onnx.quantize.segments import segments, stream_segments
 from infini_onnx.quantize.targets import resolve
-from infini_onnx.runtime import State, Stream
+from infini_onnx.runtime import InfiniModel, State, Stream
 from infini_onnx.stepgraph import names
 from infini_onnx.stepgraph.metadata import StepGraphInfo
+from infini_onnx.stepgraph.state_spec import FLOAT32_IO, LATEST, MEMORY_INPUTS, MEMORY_OUTPUTS
 
 MODES = ["int8", "int8-static", "int4", "fp16"]
 EXPECTED_OP = {
@@ -43,6 +44,11 @@ def variants(tiny_onnx, tmp_path_factory):
         mode: quantize_model(fp32, out / f"{mode}.onnx", resolve(mode), calib_segments=4)
         for mode in MODES
     }
+
+
+def open_model(path, threads: int | None = None) -> InfiniModel:
+    """The runtime's model on the CPU, as the quantiser opens one."""
+    return InfiniModel(path, threads=threads, quiet=True)
 
 
 def _plan(path):
@@ -70,7 +76,7 @@ def test_variant_keeps_memory_path_float32(mode, tiny_onnx, variants):
     nodes = {n.name: n for n in model.graph.node}
     assert any(n.op_type == EXPECTED_OP[mode] for n in nodes.values())
     quant = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
-    protected = {*names.MEMORY_INPUTS, *names.MEMORY_OUTPUTS}
+    protected = {*MEMORY_INPUTS, *MEMORY_OUTPUTS}
     for name in plan.memory_matmuls:
         assert nodes[name].op_type == "MatMul"
         protected |= {*nodes[name].input, *nodes[name].output}
@@ -98,14 +104,18 @@ def test_variant_keeps_contract_and_metadata(mode, tiny_onnx, variants):
     assert {k: v for k, v in meta.items() if k not in changed} == {
         k: v for k, v in source.items() if k not in changed
     }
-    assert StepGraphInfo.from_props(meta, "variant").variant == mode  # the digest checks out
+    assert meta[names.KEY_FORMAT_VERSION] == "2"
+    info = StepGraphInfo.from_props(meta, "variant")  # the digest checks out
+    assert info.variant == mode and info.spec is LATEST
     types = {v.name: v.type for v in (*session.get_inputs(), *session.get_outputs())}
-    assert [i.name for i in session.get_inputs()] == list(names.INPUT_NAMES)
-    assert [o.name for o in session.get_outputs()] == list(names.OUTPUT_NAMES)
-    for name in names.FLOAT32_IO:
+    assert [i.name for i in session.get_inputs()] == list(LATEST.input_names)
+    assert [o.name for o in session.get_outputs()] == list(LATEST.output_names)
+    for name in FLOAT32_IO:
         assert types[name] == "tensor(float)"
+    assert types["input_ids"] == types["position"] == types["num_logits"] == "tensor(int64)"
     cache = "tensor(float16)" if mode == "fp16" else "tensor(float)"
-    assert types["past_key"] == types["present_value"] == cache
+    for name in ("past_key", "past_value", "new_key", "new_value"):
+        assert types[name] == cache, name
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -144,8 +154,9 @@ def test_fp16_state_past_half_range_stays_finite(tiny_onnx, variants):
         host = State.zeros(model.layout).to_host()
         host.update(memory=memory, norm=norm, memory_acc=memory, norm_acc=norm)
         _, state = model.step(State.from_host(model.layout, host), ids)  # NonFiniteError on NaN/inf
+        after = state.to_host()  # the segment is complete: memory, norm committed
         increments.append(
-            (state.memory.astype(np.float64) - memory, state.norm.astype(np.float64) - norm)
+            (after["memory"].astype(np.float64) - memory, after["norm"].astype(np.float64) - norm)
         )
     for ref, half in zip(*increments):
         assert np.abs(ref).max() > 1.0  # the segment wrote something
@@ -206,7 +217,7 @@ def test_fp32_state_resumes_in_the_fp16_variant(tiny_onnx, variants, tmp_path):
     stream.feed(ids[:100])  # mid-segment: a cache to cast
     stream.save(tmp_path / "s.state")
     resumed = Stream.load(half, tmp_path / "s.state")
-    assert resumed.state.past_key.dtype == np.float16
+    assert resumed.state.to_host()["past_key"].dtype == np.float16
     got = resumed.feed(ids[100:])
     alone = Stream(half)
     np.testing.assert_allclose(got, alone.feed(ids), atol=2e-2)
@@ -237,6 +248,8 @@ def test_report_stops_at_a_non_finite_variant(tiny_onnx, tmp_path):
 
 
 def test_calibration_carries_the_state(tiny_onnx):
+    """Each segment is fed with the state the float model left after the segments before: its
+    memory, its window ring and its position."""
     _, fp32 = tiny_onnx
     model = open_model(fp32)
     tokens = token_stream(model, 3, seed=1)
@@ -244,10 +257,20 @@ def test_calibration_carries_the_state(tiny_onnx):
     feeds = [reader.get_next() for _ in range(4)]
     assert feeds.pop() is None
     assert len(feeds) == 3
-    assert not feeds[0]["memory"].any()
+    assert all(set(f) == set(LATEST.input_names) for f in feeds)
+    assert not feeds[0]["memory"].any() and not feeds[0]["past_key"].any()
     expected = list(stream_segments(model, tokens))
     np.testing.assert_array_equal(feeds[2]["memory"], expected[1].memory)
     np.testing.assert_array_equal(feeds[2]["norm_acc"], expected[1].norm)
+    stream, N = Stream(model), model.config.segment_len
+    for i, ids in enumerate(segments(tokens, N)):
+        host = {k: np.array(v) for k, v in stream.state.graph_inputs().items()}  # copies
+        assert feeds[i]["position"].tolist() == [i * N]
+        for name in ("past_key", "past_value"):
+            np.testing.assert_array_equal(feeds[i][name], host[name])
+        stream.feed(ids)
+    ring1, ring2 = feeds[1]["past_key"], feeds[2]["past_key"]
+    assert ring1.any() and not np.array_equal(ring1, ring2)  # each segment's own ring
 
 
 def test_targets():

@@ -21,12 +21,12 @@ needs_cuda = pytest.mark.skipif(
 def test_io_binding_code_path_on_the_cpu(tiny_onnx, tmp_path):
     plain = InfiniModel(tiny_onnx[1], threads=1)
     bound = InfiniModel(tiny_onnx[1], threads=1)
-    calls = BoundCalls(bound.layout.device.session, device_type="cpu")
+    calls = BoundCalls(bound.layout.device.session, bound.layout.spec, device_type="cpu")
     bound.layout = dataclasses.replace(bound.layout, device=calls)
     ids = np.random.default_rng(0).integers(0, 258, 100)
     a, b = Stream(plain), Stream(bound)
     np.testing.assert_array_equal(b.feed(ids, all_logits=True), a.feed(ids, all_logits=True))
-    assert isinstance(b.state.memory_acc, ort.OrtValue)
+    assert isinstance(b.state.tensors["memory_acc"], ort.OrtValue)
     options = dict(max_new_tokens=40, temperature=0, stop=())
     assert list(b.generate(**options)) == list(a.generate(**options))
     b.save(tmp_path / "s.state")
@@ -51,8 +51,8 @@ def test_cuda_matches_cpu_and_keeps_state_on_the_device(models):
     np.testing.assert_allclose(
         b.feed(ids, all_logits=True), a.feed(ids, all_logits=True), atol=1e-4
     )
-    assert isinstance(b.state.memory_acc, ort.OrtValue)
-    assert b.state.memory_acc.device_name().lower() == "cuda"
+    assert isinstance(b.state.tensors["memory_acc"], ort.OrtValue)
+    assert b.state.tensors["memory_acc"].device_name().lower() == "cuda"
     assert list(b.generate(max_new_tokens=30, temperature=0, stop=())) == list(
         a.generate(max_new_tokens=30, temperature=0, stop=())
     )

@@ -151,9 +151,9 @@ def test_metadata_missing_or_of_unknown_version(tiny_onnx, tmp_path):
     with pytest.raises(ModelFileError, match="not a step graph exported by infini-onnx"):
         InfiniModel(bare)
     future = edited_copy(
-        tiny_onnx[1], tmp_path / "v2.onnx", set_metadata("infini.format_version", "2")
+        tiny_onnx[1], tmp_path / "v3.onnx", set_metadata("infini.format_version", "3")
     )
-    with pytest.raises(ModelFileError, match="format version 2 is not supported"):
+    with pytest.raises(ModelFileError, match="format version 3 is not supported"):
         InfiniModel(future)
 
 
@@ -188,7 +188,7 @@ def test_unavailable_device(tiny_onnx):
             InfiniModel(tiny_onnx[1], device="cuda")
 
 
-@pytest.mark.parametrize("field", ["present_key", "present_value", "memory_acc", "norm_acc"])
+@pytest.mark.parametrize("field", ["new_key", "new_value", "memory_acc_out", "norm_acc_out"])
 def test_non_finite_write_to_the_state_is_refused_though_logits_are_finite(tiny_onnx, field):
     """A NaN that reaches only the cache or the accumulators (not the logits) must not be
     committed: the next segment would read it, and the last good state would be gone."""
@@ -197,9 +197,9 @@ def test_non_finite_write_to_the_state_is_refused_though_logits_are_finite(tiny_
 
     def poisoned_run(input_ids, num_logits, state):
         out = run(input_ids, num_logits, state)
-        value = getattr(out, field).copy()
-        value[0, 0, 0, -1] = np.nan  # the newest cache position; an accumulator's last row
-        return dataclasses.replace(out, **{field: value})
+        value = out.state[field].copy()
+        value[0, 0, 0, -1] = np.nan  # the newest new row; an accumulator's last row
+        return dataclasses.replace(out, state={**out.state, field: value})
 
     stream = Stream(model)
     stream.feed([1, 2, 3])

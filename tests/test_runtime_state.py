@@ -61,11 +61,11 @@ def test_file_is_safetensors_with_identity_and_checksum(tiny_model, tmp_path):
     header = json.loads(raw[8 : 8 + n])
     meta = header["__metadata__"]
     assert meta["format"] == "infini-stream-state" and meta["version"] == "1"
-    assert meta["model_id"] == tiny_model.model_id
+    assert meta["model_id"] == tiny_model.model_id and meta["graph_format"] == "2"
     assert meta["checksum"].startswith("sha256:")
     expected = {"memory", "norm", "memory_acc", "norm_acc", "past_key", "past_value"}
     assert expected | {"tokens_seen", "logits"} == set(header) - {"__metadata__"}
-    assert header["past_key"]["shape"] == [1, 2, 2, 50 - 32, 16]
+    assert header["past_key"]["shape"] == [1, 2, 2, 32 - 1, 16]  # the ring: W - 1 slots
     assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed
 
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -112,7 +112,7 @@ def test_saved_state_with_nan_is_refused(tiny_model, tmp_path):
     host = stream.state.to_host()
     host["memory"] = host["memory"].copy()
     host["memory"][0, 0, 0, 0, 0] = np.nan
-    statefile.save_state(tmp_path / "nan.state", host, tiny_model.model_id, "fp32")
+    statefile.save_state(tmp_path / "nan.state", host, tiny_model.model_id, "fp32", 2)
     with pytest.raises(StateFileError, match="NaN or inf"):
         Stream.load(tiny_model, tmp_path / "nan.state")
 
@@ -170,14 +170,14 @@ def test_a_write_cut_short_keeps_the_previous_file(tiny_model, tmp_path):
 @pytest.mark.parametrize(
     "name,shape",
     [("memory", lambda s: s[:-1] + (s[-1] - 1,)), ("past_key", lambda s: s[:3] + (40,) + s[4:])],
-    ids=["memory-dim", "cache-past-segment"],
+    ids=["memory-dim", "ring-of-another-window"],
 )
 def test_state_of_the_wrong_shape_is_refused(tiny_model, tmp_path, name, shape):
     from infini_onnx.runtime import statefile
 
     host = fed_stream(tiny_model).state.to_host()
     host[name] = np.zeros(shape(host[name].shape), host[name].dtype)
-    statefile.save_state(tmp_path / "bad.state", host, tiny_model.model_id, "fp32")
+    statefile.save_state(tmp_path / "bad.state", host, tiny_model.model_id, "fp32", 2)
     with pytest.raises(StateFileError, match="not a state of this model"):
         Stream.load(tiny_model, tmp_path / "bad.state")
 

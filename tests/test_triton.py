@@ -1,13 +1,14 @@
 """`infini triton`: the config parses with tritonclient's protobuf, and ONNX Runtime playing
 Triton's sequence batcher (states paired alphabetically, uninitialised buffers with -1 dims set
 to 1 at a sequence's start, the START control) gives the runtime's logits for interleaved
-sequences."""
+sequences, for step graphs of format 2 (the window ring) and format 1 (a growing cache)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -21,15 +22,19 @@ from infini_onnx.serve.triton import write_repository
 from infini_onnx.stepgraph.metadata import digest
 from infini_onnx.stepgraph.names import KEY_CONFIG, KEY_DIGEST
 
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")
 
+FORMAT1 = Path(__file__).parent / "fixtures" / "format1-tiny.onnx"
 
-@pytest.fixture(scope="module")
-def repo(tiny_onnx, tmp_path_factory):
+
+@pytest.fixture(scope="module", params=[2, 1], ids=["format2", "format1"])
+def repo(request, tiny_onnx, tmp_path_factory):
+    """(model directory of the repository, the step graph it wraps, its format version)."""
+    graph = tiny_onnx[1] if request.param == 2 else FORMAT1
     out = tmp_path_factory.mktemp("triton")
-    return write_repository(tiny_onnx[1], out, name="infini", instances=3), tiny_onnx[1]
+    return write_repository(graph, out, name="infini", instances=3), graph, request.param
 
 
 def parse_config(model_dir):
@@ -38,6 +43,8 @@ def parse_config(model_dir):
 
 
 def test_config_parses_and_declares_the_contract(repo):
+    """The pairs, their types and dims: format 2's state (ring and position included) has a
+    fixed size, format 1's cache a free length."""
     config = parse_config(repo[0])
     assert config.backend == "onnxruntime" and config.max_batch_size == 0
     assert [i.name for i in config.input] == ["input_ids"]  # states are not inputs
@@ -48,18 +55,60 @@ def test_config_parses_and_declares_the_contract(repo):
         control.control[0].kind
         == model_config_pb2.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START
     )
-    pairs = [(s.input_name, s.output_name) for s in config.sequence_batching.state]
-    assert len(pairs) == 6
+    states = {s.input_name: s for s in config.sequence_batching.state}
+    pairs = [(s.input_name, s.output_name) for s in states.values()]
     # Triton pairs by alphabetical position: both orders must give the declared pairs
     assert list(zip(sorted(i for i, _ in pairs), sorted(o for _, o in pairs))) == sorted(pairs)
+    c = InfiniModel(repo[1], threads=1).config
+    L, G, d = c.num_hidden_layers, c.num_key_value_heads, c.head_dim
+    cache = [1, L, G, c.local_window - 1 if repo[2] == 2 else -1, d]  # the ring: K = W - 1
+    want = {
+        "memory": [1, L, G, d, d], "memory_acc": [1, L, G, d, d], "norm": [1, L, G, d],
+        "norm_acc": [1, L, G, d], "past_key": cache, "past_value": cache,
+        **({"position": [1]} if repo[2] == 2 else {}),
+    }  # fmt: skip
+    assert {name.removeprefix("INPUT_STATE__"): list(s.dims) for name, s in states.items()} == want
+    int64 = {n for n, s in states.items() if s.data_type == model_config_pb2.TYPE_INT64}
+    assert int64 == ({"INPUT_STATE__position"} if repo[2] == 2 else set())
+    assert {s.data_type for n, s in states.items() if n not in int64} == {
+        model_config_pb2.TYPE_FP32
+    }
     session = ort.InferenceSession(str(repo[0] / "1" / "model.onnx"))
     graph_inputs = {i.name for i in session.get_inputs()}
     assert graph_inputs == {"input_ids", "START", *(i for i, _ in pairs)}
     assert {o.name for o in session.get_outputs()} == {"logits", *(o for _, o in pairs)}
 
 
+def test_the_served_graph_is_valid_onnx(repo):
+    """onnx.checker with strict shape inference (fails on an unsorted graph, a shape or type
+    that an op refuses); node names unique (onnx does not check them)."""
+    served = onnx.load(str(repo[0] / "1" / "model.onnx"))
+    onnx.checker.check_model(served, full_check=True)
+    names = [n.name for n in served.graph.node]
+    assert len(set(names)) == len(names)
+
+
+# Triton's data types as numpy dtypes, and garbage of each for an uninitialised buffer.
+DTYPES = {
+    model_config_pb2.TYPE_FP32: np.float32,
+    model_config_pb2.TYPE_FP16: np.float16,
+    model_config_pb2.TYPE_INT64: np.int64,
+}
+
+
+def garbage(rng: np.random.Generator, shape: list[int], dtype) -> np.ndarray:
+    """An uninitialised buffer: huge values, NaN first (int64: any values)."""
+    if dtype == np.int64:
+        return rng.integers(-(2**62), 2**62, shape)
+    a = (np.clip(rng.standard_normal(shape), -4, 4) * float(np.finfo(dtype).max / 4)).astype(dtype)
+    a.flat[0] = np.nan
+    return a
+
+
 class TritonLoop:
-    """Triton's sequence batcher with implicit state, reduced to what matters here."""
+    """Triton's sequence batcher with implicit state, reduced to what matters here: the output
+    states come back as the input states, paired by alphabetical position, and must fit the
+    declared dims and data type (the next request is checked against them)."""
 
     def __init__(self, model_dir):
         self.session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"))
@@ -68,19 +117,17 @@ class TritonLoop:
         inputs = sorted(s.input_name for s in config.sequence_batching.state)
         outputs = sorted(s.output_name for s in config.sequence_batching.state)
         self.pairing = dict(zip(outputs, inputs))  # by position, as Triton does
+        self.logits_dims = list(config.output[0].dims)
         self.states: dict[int, dict[str, np.ndarray]] = {}
         self.rng = np.random.default_rng(0)
 
     def infer(self, sequence: int, input_ids: list[int], start: bool) -> np.ndarray:
-        if start:  # uninitialised buffers, every -1 dim set to 1
+        # At START: uninitialised buffers (-1 dims set to 1), or a reused slot's last state.
+        if start and sequence not in self.states:
             self.states[sequence] = {
-                name: self.rng.standard_normal([d if d > 0 else 1 for d in s.dims]).astype(
-                    np.float32
-                )
-                * np.float32(1e30)
+                name: garbage(self.rng, [d if d > 0 else 1 for d in s.dims], DTYPES[s.data_type])
                 for name, s in self.specs.items()
             }
-            self.states[sequence]["INPUT_STATE__memory"].flat[0] = np.nan
         feeds = {
             "input_ids": np.array([input_ids], np.int64),
             "START": np.array([start]),
@@ -89,26 +136,39 @@ class TritonLoop:
         names = [o.name for o in self.session.get_outputs()]
         out = dict(zip(names, self.session.run(names, feeds)))
         self.states[sequence] = {self.pairing[k]: v for k, v in out.items() if k in self.pairing}
+        for name, value in self.states[sequence].items():
+            dims = self.specs[name].dims
+            assert value.dtype == DTYPES[self.specs[name].data_type], name
+            assert value.ndim == len(dims), name
+            assert all(d in (-1, n) for d, n in zip(dims, value.shape)), (name, value.shape)
+        assert list(out["logits"].shape) == self.logits_dims
         return out["logits"][0, -1]
 
 
 def test_simulated_triton_loop_matches_the_runtime(repo):
-    """Four interleaved sequences of prompts and one-token steps across segment boundaries
-    (segment_len 32; a request never crosses one, as docs/serving.md asks of clients)."""
+    """Four interleaved sequences over several segments, with requests of 1 token, several
+    tokens, the rest of a segment and whole segments (more rows than format 2's ring holds);
+    one slot is reused by a new sequence midway. A request never crosses a segment boundary,
+    as docs/serving.md asks of clients."""
     loop = TritonLoop(repo[0])
     model = InfiniModel(repo[1], threads=1)
     N = model.config.segment_len
     streams = {seq: Stream(model) for seq in range(4)}
-    rng = np.random.default_rng(1)
+    rng, sizes = np.random.default_rng(1), set()
     for step in range(40):
+        if step == 20:
+            streams[3] = Stream(model)  # a new sequence in slot 3
         for seq, stream in streams.items():
             room = N - stream.tokens_seen % N
-            n = int(rng.integers(1, room + 1)) if step % 3 == 0 else 1
+            kind = (step + seq) % 4  # 1 token, some tokens, 1 token, the rest of the segment
+            n = {0: 1, 1: int(rng.integers(1, room + 1)), 2: 1, 3: room}[kind]
+            sizes.add(n)
             ids = rng.integers(0, 256, n).tolist()
             got = loop.infer(seq, ids, start=stream.tokens_seen == 0)
             want = stream.feed(ids)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert min(s.tokens_seen for s in streams.values()) > 2 * N  # commits happened
+    assert {1, N} <= sizes and len(sizes) > 4  # whole segments and sizes in between
 
 
 def test_cli_writes_a_repository_and_refuses_to_overwrite(tiny_onnx, tmp_path):

@@ -16,9 +16,10 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
+from infini_onnx.atomic import atomic_output
 from infini_onnx.export.exporter import trace_module
 from infini_onnx.model import InfiniLlamaForCausalLM
-from infini_onnx.stepgraph.files import atomic_output
+from infini_onnx.model.modeling import apply_rope, rope_cos_sin, wide
 
 
 def cache_names(layers: int, prefix: str) -> list[str]:
@@ -27,21 +28,29 @@ def cache_names(layers: int, prefix: str) -> list[str]:
 
 
 class FullAttentionLlama(nn.Module):
-    """Runs an infini-llama's weights as a standard Llama: each layer's local attention over the
-    whole cache (positions from the stream start), no memory (the gates are unused)."""
+    """Runs an infini-llama's weights as a standard Llama: each layer's attention (the model's
+    `attend`) over the whole cache of rotated keys, positions from the stream start, no memory
+    (the gates are unused)."""
 
     def __init__(self, model: InfiniLlamaForCausalLM):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: Tensor, *cache: Tensor) -> tuple[Tensor, ...]:
-        inner = self.model.model
+        inner, c = self.model.model, self.model.config
         x = inner.embed_tokens(input_ids)  # [B, T, D]
+        P, T = cache[0].shape[2], input_ids.shape[1]
+        positions = torch.arange(P, P + T)
+        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, wide(x.dtype))
+        causal = torch.arange(P + T)[None, :] <= positions[:, None]  # [T, P+T]
+        bias = torch.zeros(causal.shape, dtype=wide(x.dtype)).masked_fill(~causal, -torch.inf)
         present = []
         for i, layer in enumerate(inner.layers):
             attn = layer.self_attn
             q, k, v = attn.project(layer.input_layernorm(x))
-            a, k, v = attn.local(q, k, v, cache[2 * i], cache[2 * i + 1])  # k, v [B, G, P+T, d]
+            k = torch.cat([cache[2 * i], apply_rope(k, cos, sin)], dim=2)  # [B, G, P+T, d]
+            v = torch.cat([cache[2 * i + 1], v], dim=2)
+            a = attn.attend(apply_rope(q, cos, sin), k, v, bias)
             x = layer.feed_forward(x + attn.output(a))
             present += [k, v]
         return self.model.lm_head(inner.norm(x[:, -1:])), *present

@@ -11,6 +11,7 @@ HEADLINE_TOKENS = 16 * 1024  # ingest speeds are compared over the calls ending 
 MB = 2**20
 FLAT_DECODE = 1.10  # "flat": decode latency at the longest stream / at the first
 FLAT_RSS_MB = 5.0  # "flat": peak RSS growth from the first to the longest stream
+SEGMENT_FLAT = 0.10  # decode at a segment's last position within 10% of its first
 # The targets (benchmarks/README.md, "Targets").
 INT8_VS_REFERENCE, VS_ITP, INT4_VS_FP32, EFFICIENCY = 3.5, 2.0, 1.3, 0.70
 DECODE_VS_REFERENCE = 0.1  # int8 decode ms / the PyTorch reference's, at every length
@@ -100,6 +101,14 @@ def _target(name: str, value: float | None, met: bool, measured: str) -> dict:
         "met": None if value is None else met,
         "measured": measured,
     }
+
+
+def segment_ends(s: dict) -> tuple[float, float] | None:
+    """Median decode ms at a segment's first and last position, over all stream lengths."""
+    points = [p["decode_segment_ms"] for p in s.get("points", []) if "decode_segment_ms" in p]
+    if not points:
+        return None
+    return tuple(statistics.median(p[end]["median"] for p in points) for end in ("first", "last"))
 
 
 def decode_by_length(s: dict) -> dict[int, float]:
@@ -195,6 +204,20 @@ def targets(systems: dict[str, dict]) -> list[dict]:
                 rss,
                 rss <= FLAT_RSS_MB,
                 f"{rss:+.1f} MB",
+            )
+        )
+    for name in (FP32, INT8, INT4):
+        ends = segment_ends(systems.get(name, {}))
+        if ends is None:
+            continue
+        first, last = ends
+        rows.append(
+            _target(
+                f"{name}: decode at a segment's last position within "
+                f"{SEGMENT_FLAT:.0%} of its first",
+                last / first - 1,
+                abs(last / first - 1) <= SEGMENT_FLAT,
+                f"{first:.2f} / {last:.2f} ms ({last / first - 1:+.1%})",
             )
         )
     for name in FULL_ATTENTION:

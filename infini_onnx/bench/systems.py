@@ -45,10 +45,13 @@ class OrtInfini:
     def ingest(self, ids: np.ndarray) -> None:
         self.stream.feed(ids)
 
-    def decode(self, tokens: int) -> list[float]:
-        generator: Iterator[int] = self.stream.fork().generate(
-            max_new_tokens=tokens, temperature=0, stop=()
-        )
+    def decode(self, tokens: int, after: int = 0) -> list[float]:
+        """Step times of `tokens` greedy decode steps on a fork of the stream, after `after`
+        more random tokens (after = segment_len - 1: the last position of a segment)."""
+        fork = self.stream.fork()
+        if after:
+            fork.feed(np.random.default_rng(after).integers(0, self.model.config.vocab_size, after))
+        generator: Iterator[int] = fork.generate(max_new_tokens=tokens, temperature=0, stop=())
         return time_calls(lambda: next(generator), tokens)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from infini_onnx.atomic import atomic_output
 from infini_onnx.bench.stats import summary
 from infini_onnx.runtime.progress import peak_rss_bytes, rss_bytes
-from infini_onnx.stepgraph.files import atomic_output
 
 WARMUP_CHUNKS, WARMUP_DECODE = 2, 4
 
@@ -100,6 +100,13 @@ def sweep(job: dict, out: Path) -> None:
             "decode_ms": summary([t * 1e3 for t in decode]),
             "peak_rss": peak_rss_bytes(),
         }
+        if job["system"]["type"] == "ort":  # one step at each end of a segment, 9 times
+            ends = {after: [system.decode(1, after)[0] * 1e3 for _ in range(9)]
+                    for after in (0, system.chunk - 1)}  # fmt: skip
+            p["decode_segment_ms"] = {
+                "first": summary(ends[0]),
+                "last": summary(ends[system.chunk - 1]),
+            }
         result["points"].append(p)
         write(out, result)
         print(

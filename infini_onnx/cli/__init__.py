@@ -50,6 +50,8 @@ def main() -> None:
       quantize  OUT.onnx -> int8 / int4 / fp16 variant
       stream    stream text of any length through an .onnx model
       generate  generate text from a prompt
+      demo      the pass-key demo: find a key hidden in a long stream
+      bench     benchmark against other systems (needs the [bench] extra)
       serve     serve streams over HTTP on Ray Serve (needs the [serve] extra)
       triton    MODEL.onnx -> a Triton model repository with implicit state
     """

@@ -40,6 +40,11 @@ def bench_command(
     infini-transformer-pytorch and a full-attention Llama in ORT: ingest speed, peak RSS and
     decode latency against stream length, model size, compute efficiency. Each system runs in
     its own fresh process. Needs the [bench] extra."""
+    if find_spec("infini_onnx.bench") is None:
+        raise InfiniError(
+            "infini bench runs from a source checkout (the wheel leaves the harness out): "
+            'git clone the repository, then pip install -e ".[bench]"'
+        )
     missing = [name for name in NEEDS if find_spec(name) is None]
     if missing:
         raise InfiniError(

@@ -97,9 +97,10 @@ def passkey_command(
     from pathlib import Path
 
     from infini_onnx import demo, passkey
+    from infini_onnx.atomic import atomic_output, check_output
     from infini_onnx.errors import InfiniError
     from infini_onnx.runtime.device import check_threads
-    from infini_onnx.stepgraph.files import atomic_output, check_output, graph_files
+    from infini_onnx.stepgraph.files import graph_files
 
     if not 0 <= depth <= 1:  # FloatRange lets NaN through
         raise InfiniError(f"--depth must be in [0, 1], got {depth}")

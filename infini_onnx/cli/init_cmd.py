@@ -28,9 +28,9 @@ def init_command(
     """Write a randomly initialised model directory with a byte-level tokenizer."""
     from pathlib import Path
 
+    from infini_onnx.atomic import check_output
     from infini_onnx.errors import InfiniError
     from infini_onnx.model import init_model_dir
-    from infini_onnx.stepgraph.files import check_output
 
     overrides = {}
     if memory_update:

@@ -64,10 +64,11 @@ def quantize_command(
     report_path: str | None,
 ) -> None:
     """Quantize the fp32 step graph IN_PATH to OUT_PATH; memory and its math stay float32."""
+    from infini_onnx.atomic import atomic_output, check_output
     from infini_onnx.errors import QuantizeError
     from infini_onnx.quantize.quantizer import accuracy_report, held_out_tokens, quantize_model
     from infini_onnx.quantize.targets import resolve
-    from infini_onnx.stepgraph.files import atomic_output, check_output, graph_files
+    from infini_onnx.stepgraph.files import graph_files
 
     settings = resolve(mode, target, block_size)
     if report_path:

@@ -72,8 +72,9 @@ def _open_stream(
 ) -> tuple[InfiniModel, Stream]:
     """The model and the stream (resumed or new), once --save-state is known to be writable
     and none of the inputs (the model, its data file, `inputs`)."""
+    from infini_onnx.atomic import check_output
     from infini_onnx.runtime import InfiniModel, StateFileError, Stream
-    from infini_onnx.stepgraph.files import check_output, graph_files
+    from infini_onnx.stepgraph.files import graph_files
 
     if save_state:
         sources = [*graph_files(model_path), *(p for p in inputs if p != "-")]

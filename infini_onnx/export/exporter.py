@@ -16,13 +16,14 @@ from torch import Tensor, nn
 from torch.export import Dim
 
 from infini_onnx import modeldir
+from infini_onnx.atomic import atomic_output
 from infini_onnx.errors import InfiniError, ValidationError
 from infini_onnx.export.finalize import finalize
 from infini_onnx.export.stages import stage
 from infini_onnx.model import InfiniLlamaForCausalLM
-from infini_onnx.stepgraph.files import atomic_output, data_file_name
+from infini_onnx.stepgraph.files import data_file_name
 from infini_onnx.stepgraph.metadata import StepGraphInfo
-from infini_onnx.stepgraph.names import CACHE_INPUTS, INPUT_NAMES, MEMORY_INPUTS, OUTPUT_NAMES
+from infini_onnx.stepgraph.state_spec import DYNAMIC_DIMS, FLOAT32, LATEST, MEMORY_INPUTS
 
 DEFAULT_OPSET = 18  # ONNX Runtime >= 1.15 loads it (docs/export.md)
 MIN_OPSET = 18  # torch's exporter cannot go lower (it silently keeps 18)
@@ -32,7 +33,8 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 class StepGraph(nn.Module):
-    """The step function with `num_logits` as a tensor input, as the graph takes it."""
+    """The step function with `num_logits` as a tensor input, as the graph takes it (its
+    inputs in the order of the spec's input_names)."""
 
     def __init__(self, model: InfiniLlamaForCausalLM):
         super().__init__()
@@ -47,12 +49,21 @@ class StepGraph(nn.Module):
         norm,
         memory_acc,
         norm_acc,
+        position,
         num_logits: Tensor,
     ):
         n = num_logits[0].item()  # becomes a plain Slice start in ONNX
         torch._check(n >= 1)
         return self.model.step(
-            input_ids, past_key, past_value, memory, norm, memory_acc, norm_acc, num_logits=n
+            input_ids,
+            past_key,
+            past_value,
+            memory,
+            norm,
+            memory_acc,
+            norm_acc,
+            position,
+            num_logits=n,
         )
 
 
@@ -64,23 +75,23 @@ def example_inputs(
     num_logits: int = 1,
     seed: int = 0,
 ) -> tuple[Tensor, ...]:
-    """Random step-graph inputs (state scaled like a real stream's: positive norm)."""
+    """Random step-graph inputs in the order of LATEST.input_names (state scaled like a real
+    stream's: positive norm; `past` tokens of the current segment seen, after 5 segments)."""
     c = model.config
-    L, G, d = c.num_hidden_layers, c.num_key_value_heads, c.head_dim
     g = torch.Generator().manual_seed(seed)
-    cache = lambda: torch.randn(batch, L, G, past, d, generator=g).to(model.dtype)  # noqa: E731
-    memory = torch.randn(batch, L, G, d, d, generator=g)
-    norm = torch.rand(batch, L, G, d, generator=g) * 10
-    return (
-        torch.randint(0, c.vocab_size, (batch, tokens), generator=g),
-        cache(),
-        cache(),
-        memory,
-        norm,
-        memory + torch.randn(batch, L, G, d, d, generator=g),
-        norm + torch.rand(batch, L, G, d, generator=g),
-        torch.tensor([num_logits]),
-    )
+    state = {}
+    for t in LATEST.tensors:
+        shape = LATEST.shape(t.dims, c, B=batch)
+        dtype = torch.float32 if t.dtype == FLOAT32 else model.dtype
+        state[t.name] = torch.randn(shape, generator=g).to(dtype)
+    memory, norm, memory_acc, norm_acc = MEMORY_INPUTS
+    state[norm] = state[norm].abs() * 10
+    state[memory_acc] = state[memory] + state[memory_acc]
+    state[norm_acc] = state[norm] + state[norm_acc].abs()
+    state[LATEST.position_input] = torch.full((batch,), 5 * c.segment_len + past)
+    state["input_ids"] = torch.randint(0, c.vocab_size, (batch, tokens), generator=g)
+    state["num_logits"] = torch.tensor([num_logits])
+    return tuple(state[name] for name in LATEST.input_names)
 
 
 def max_opset() -> int:
@@ -136,17 +147,21 @@ def trace_module(
 
 
 def trace(model: InfiniLlamaForCausalLM, opset: int) -> ir.Model:
-    """The step graph with B, T and P dynamic."""
-    batch, tokens, past = Dim("batch"), Dim("tokens"), Dim("past")
+    """The step graph with its dynamic dims (the spec's: batch and new tokens)."""
+    dims = {dim: Dim(name) for dim, name in DYNAMIC_DIMS.items()}
+    io_dims = LATEST.io_dims()
     dynamic_shapes = {
-        "input_ids": {0: batch, 1: tokens},
-        **{name: {0: batch, 3: past} for name in CACHE_INPUTS},
-        **{name: {0: batch} for name in MEMORY_INPUTS},
-        "num_logits": None,
+        name: {i: dims[dim] for i, dim in enumerate(io_dims[name]) if dim in dims} or None
+        for name in LATEST.input_names
     }
     args = example_inputs(model, batch=2, tokens=3, past=2)
     return trace_module(
-        StepGraph(model), args, dynamic_shapes, list(INPUT_NAMES), list(OUTPUT_NAMES), opset
+        StepGraph(model),
+        args,
+        dynamic_shapes,
+        list(LATEST.input_names),
+        list(LATEST.output_names),
+        opset,
     )
 
 

@@ -4,8 +4,8 @@
   (torch writes IR 10, which ORT < 1.17 refuses).
 - Node metadata (stack traces with absolute paths) dropped: the bytes depend only on the input.
 - Memory-path nodes renamed with MEMORY_PREFIX.
-- Output dimensions named after the contract (`logits_len`, `present_len`) instead of the
-  tracer's symbolic expressions.
+- Output dimensions named after the contract (`logits_len`, `tokens`: state_spec.DYNAMIC_DIMS)
+  instead of the tracer's symbolic expressions.
 - Weights the model stacks at run time (the fused q/k/v and gate/up projections) folded into
   one initializer each, so the file holds each weight once and the quantisers see a plain
   MatMul of an initializer (docs/export.md, "Fusions").
@@ -20,7 +20,8 @@ from onnxscript.optimizer import fold_constants
 
 from infini_onnx.errors import InfiniError
 from infini_onnx.stepgraph.memory_path import NodeRef, find_memory_path
-from infini_onnx.stepgraph.names import MEMORY_PREFIX, OUTPUT_DIMS
+from infini_onnx.stepgraph.names import MEMORY_PREFIX
+from infini_onnx.stepgraph.state_spec import DYNAMIC_DIMS, LATEST
 
 
 def finalize(model: ir.Model, opset: int, metadata: dict[str, str]) -> int:
@@ -34,11 +35,13 @@ def finalize(model: ir.Model, opset: int, metadata: dict[str, str]) -> int:
     for node in nodes:
         node.metadata_props.clear()
     memory = name_memory_path(model.graph, nodes)
+    io_dims = LATEST.io_dims()
     for value in model.graph.outputs:
-        for axis, name in OUTPUT_DIMS.get(value.name, {}).items():
-            dims = list(value.shape)
-            dims[axis] = ir.SymbolicDim(name)
-            value.shape = ir.Shape(dims)
+        dims = list(value.shape)
+        for axis, dim in enumerate(io_dims[value.name]):
+            if dim in DYNAMIC_DIMS:
+                dims[axis] = ir.SymbolicDim(DYNAMIC_DIMS[dim])
+        value.shape = ir.Shape(dims)
     model.metadata_props.update(metadata)
     return memory
 

@@ -18,7 +18,7 @@ import torch
 from infini_onnx.errors import NonFiniteError, ValidationError
 from infini_onnx.model import InfiniLlamaForCausalLM, StreamState
 from infini_onnx.runtime import InfiniModel, Stream, StreamBatch
-from infini_onnx.stepgraph.names import MEMORY_INPUTS, STATE_TENSORS
+from infini_onnx.stepgraph.state_spec import LATEST, MEMORY_INPUTS
 
 RELATIVE = frozenset(MEMORY_INPUTS)  # compared relative to their largest reference value
 DECODE_TOKENS = 6
@@ -53,7 +53,7 @@ def onnx_stream(
         logits.append(batch.feed(input_ids[:, start : start + take], all_logits=True))
         start += take
     host = batch.state.to_host()
-    return np.concatenate(logits, axis=1), {name: host[name] for name in STATE_TENSORS}
+    return np.concatenate(logits, axis=1), {name: host[name] for name in LATEST.names}
 
 
 @torch.no_grad()
@@ -68,7 +68,7 @@ def torch_stream(
         out, state = model(ids[:, start : start + take], state)
         logits.append(out)
         start += take
-    as_np = {name: getattr(state, name).float().numpy() for name in STATE_TENSORS}
+    as_np = {name: getattr(state, name).float().numpy() for name in LATEST.names}
     return torch.cat(logits, dim=1).float().numpy(), as_np
 
 
@@ -80,7 +80,7 @@ def compare(
     """Max differences (absolute for logits and cache, relative for memory/norm) and failures."""
     diffs, failures = {}, []
     pairs = [("logits", ref[0], got[0])]
-    pairs += [(name, ref[1][name], got[1][name]) for name in STATE_TENSORS]
+    pairs += [(name, ref[1][name], got[1][name]) for name in LATEST.names]
     for name, r, g in pairs:
         if r.shape != g.shape:
             failures.append(f"{name} shape {list(g.shape)}, expected {list(r.shape)}")

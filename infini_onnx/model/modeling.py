@@ -1,12 +1,12 @@
 """The reference infini-llama model in PyTorch (docs/design.md, "The model").
 
-Shapes: B batch, T new tokens, P tokens of the current segment already cached, H query heads,
+Shapes: B batch, T new tokens, K window slots (the local-attention cache), H query heads,
 G key/value heads, d head_dim, L layers, D hidden size.
 
-The one primitive is `step`: it runs T new tokens of the current segment against the cached
-P tokens and the memory, exactly the ONNX step graph (docs/design.md). `forward` runs any
-number of tokens by calling `step` once per segment piece and rolling the state, so both
-modes share every line of math.
+The one primitive is `step`: it runs T new tokens of the current segment against the window of
+earlier tokens and the memory, exactly the ONNX step graph of format 2 (docs/design.md, the
+state of stepgraph/state_spec.py). `forward` runs any number of tokens by calling `step` once
+per segment piece and rolling the state, so both modes share every line of math.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from infini_onnx import modeldir
 from infini_onnx.config import InfiniConfig, preset_config
 from infini_onnx.model import weights
+from infini_onnx.stepgraph.state_spec import FLOAT32, LATEST, ring_slots, window_reach
 
 CLAMP_MIN = 1e-6
 
@@ -34,29 +35,57 @@ def wide(dtype: torch.dtype) -> torch.dtype:
 
 @dataclass
 class StreamState:
-    """Everything a stream carries between calls (docs/design.md, "The runtime loop")."""
+    """Everything a stream carries between calls (stepgraph/state_spec.py FORMAT_2)."""
 
     memory: Tensor  # [B, L, G, d, d] float32, M at the start of the current segment
     norm: Tensor  # [B, L, G, d] float32, z at the start of the current segment
     memory_acc: Tensor  # [B, L, G, d, d] float32, memory plus the writes of the cached tokens
     norm_acc: Tensor  # [B, L, G, d] float32
-    past_key: Tensor  # [B, L, G, P, d] model dtype, keys after RoPE
-    past_value: Tensor  # [B, L, G, P, d] model dtype
+    past_key: Tensor  # [B, L, G, K, d] model dtype: the window's keys (before RoPE), a ring
+    past_value: Tensor  # [B, L, G, K, d] model dtype
+    position: Tensor  # [B] int64: tokens seen (every row at the same position)
+    segment_len: int
 
     @classmethod
     def zeros(
         cls, config: InfiniConfig, batch: int = 1, dtype=torch.float32, device=None
     ) -> StreamState:
-        L, G, d = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
-        memory = torch.zeros(batch, L, G, d, d, dtype=wide(dtype), device=device)
-        norm = torch.zeros(batch, L, G, d, dtype=wide(dtype), device=device)
-        cache = torch.zeros(batch, L, G, 0, d, dtype=dtype, device=device)
-        return cls(memory, norm, memory.clone(), norm.clone(), cache, cache.clone())
+        tensors = {}
+        for t in LATEST.tensors:
+            shape = LATEST.shape(t.dims, config, B=batch)
+            tensors[t.name] = torch.zeros(
+                shape, dtype=wide(dtype) if t.dtype == FLOAT32 else dtype, device=device
+            )
+        position = torch.zeros(batch, dtype=torch.int64, device=device)
+        return cls(**tensors, position=position, segment_len=config.segment_len)
+
+    @property
+    def tokens_seen(self) -> int:
+        return int(self.position[0])
 
     @property
     def cached(self) -> int:
-        """P: tokens of the current segment in the cache."""
-        return self.past_key.shape[3]
+        """Tokens of the current segment already seen (its memory writes are in the acc)."""
+        return self.tokens_seen % self.segment_len
+
+    def advance(
+        self, tokens: int, new_key: Tensor, new_value: Tensor, memory_acc: Tensor, norm_acc: Tensor
+    ) -> StreamState:
+        """The state after a step of `tokens` new tokens (FORMAT_2's rules, out of place so
+        that gradients flow): the new rows go into the ring, and at a completed segment the
+        memory commits."""
+        key, value = self.past_key, self.past_value
+        slots, kept = ring_slots(self.tokens_seen, tokens, key.shape[3])
+        if kept:
+            index = torch.tensor(slots, device=key.device)
+            key = key.index_copy(3, index, new_key[:, :, :, tokens - kept :])
+            value = value.index_copy(3, index, new_value[:, :, :, tokens - kept :])
+        memory, norm = self.memory, self.norm
+        if self.cached + tokens == self.segment_len:  # segment complete: commit the memory
+            memory, norm = memory_acc, norm_acc
+        return StreamState(
+            memory, norm, memory_acc, norm_acc, key, value, self.position + tokens, self.segment_len
+        )
 
 
 # --- Infini-attention memory: the only place its math lives -------------------------------
@@ -125,18 +154,66 @@ class RMSNorm(nn.Module):
 def rope_cos_sin(
     positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
 ) -> tuple[Tensor, Tensor]:
-    """cos, sin [T, d] for integer positions [T] (Llama's rotate_half layout)."""
+    """cos, sin [..., d] for integer positions [...] (Llama's rotate_half layout)."""
     exponents = torch.arange(0, head_dim, 2, dtype=dtype, device=positions.device)
     inv_freq = theta ** (-exponents / head_dim)
-    freqs = positions.to(dtype)[:, None] * inv_freq[None, :]  # [T, d/2]
+    freqs = positions.to(dtype)[..., None] * inv_freq  # [..., d/2]
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
+
+
+def ring_ages(position: Tensor, slots: int) -> Tensor:
+    """[B, K] in 1..K: how many tokens before the next one the token in each ring slot is, for
+    a ring whose slot j holds stream position p with p mod K = j (position [B]: tokens seen).
+    The token exists only where age <= position."""
+    slot = torch.arange(slots, device=position.device)
+    return (position[:, None] - 1 - slot[None, :]) % slots + 1
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x.to(cos.dtype) * cos + rotated.to(cos.dtype) * sin).to(x.dtype)
+
+
+@dataclass
+class Frame:
+    """Where the local attention of one call places and masks its keys, the same in every
+    layer (computed once per call by `window_frame`)."""
+
+    cos: Tensor  # [T, d]: the new tokens at K + i
+    sin: Tensor
+    ring_cos: Tensor  # [B, 1, K, d]: ring slot j's key at K - age_j
+    ring_sin: Tensor
+    bias: Tensor  # [B, 1, 1, T, K+T]: 0 where a query sees a key, -inf elsewhere
+
+
+def window_frame(config: InfiniConfig, position: Tensor, T: int, K: int, dtype) -> Frame:
+    """The frame of a call of T new tokens after `position` [B] tokens, over a ring of K slots.
+
+    RoPE works in a frame where a ring slot's key sits at K - age (age: how many tokens before
+    the call's first token it is) and new token i at K + i, so every score depends only on the
+    distance between two stream positions, exactly, at any stream length. A query sees a key
+    that exists (in the current segment, for a model without a window), comes no later than
+    the query, and lies within W - 1 tokens before it."""
+    c = config
+    new = torch.arange(T, device=position.device)
+    cos, sin = rope_cos_sin(K + new, c.head_dim, c.rope_theta, dtype)
+    ages = ring_ages(position, K)  # [B, K]: slot j holds the token at position - ages[:, j]
+    ring_cos, ring_sin = rope_cos_sin(K - ages, c.head_dim, c.rope_theta, dtype)  # [B, K, d]
+    reach = window_reach(c)
+    seen = position if c.local_window is not None else position % c.segment_len
+    ring_visible = (ages[:, None, :] <= seen[:, None, None]) & (
+        ages[:, None, :] + new[None, :, None] <= reach
+    )  # [B, T, K]
+    distance = new[:, None] - new[None, :]  # [T, T]: query i - key i'
+    new_visible = ((distance >= 0) & (distance <= reach)).expand(position.shape[0], T, T)
+    visible = torch.cat([ring_visible, new_visible], dim=-1)  # [B, T, K+T]
+    # The mask as an additive bias: one small select and a broadcast Add, not a select over
+    # every head's scores (docs/export.md, "Fusions").
+    bias = torch.zeros(visible.shape, dtype=dtype, device=position.device)
+    bias = bias.masked_fill(~visible, -torch.inf)[:, None, None]
+    return Frame(cos, sin, ring_cos[:, None], ring_sin[:, None], bias)
 
 
 class InfiniAttention(nn.Module):
@@ -167,30 +244,25 @@ class InfiniAttention(nn.Module):
         return q, k, v
 
     def local(
-        self, q: Tensor, k: Tensor, v: Tensor, past_key: Tensor, past_value: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Causal softmax attention of the T new queries over the P cached and T new keys, RoPE
-        positions counted from the cache start. Returns A_dot [B, G, r, T, d] and the cache
-        with the new keys (rotated) and values [B, G, P+T, d]."""
-        c = self.config
-        B, G, T, d = k.shape
-        P = past_key.shape[2]
-        positions = torch.arange(P, P + T, device=q.device)
-        cos, sin = rope_cos_sin(positions, d, c.rope_theta, wide(q.dtype))
-        present_key = torch.cat([past_key, apply_rope(k, cos, sin)], dim=2)  # [B, G, P+T, d]
-        present_value = torch.cat([past_value, v], dim=2)
-        key_pos = torch.arange(P + T, device=q.device)
-        causal = key_pos[None, :] <= (P + torch.arange(T, device=q.device))[:, None]  # [T, P+T]
-        # The mask as an additive bias: one small [T, P+T] select and a broadcast Add, not a
-        # select over every head's scores (a third of the non-matmul time of an exported
-        # ingest call; docs/export.md, "Fusions").
-        f = wide(q.dtype)
-        bias = torch.zeros(causal.shape, dtype=f, device=q.device).masked_fill(~causal, -torch.inf)
-        q_rot = apply_rope(q, cos, sin).view(B, G, c.num_groups, T, d)
-        scores = (q_rot @ present_key.unsqueeze(2).transpose(-1, -2)) / d**0.5  # [B,G,r,T,P+T]
-        scores = scores.to(f) + bias
-        a_dot = scores.softmax(-1).to(v.dtype) @ present_value.unsqueeze(2)  # [B, G, r, T, d]
-        return a_dot, present_key, present_value
+        self, q: Tensor, k: Tensor, v: Tensor, past_key: Tensor, past_value: Tensor, frame: Frame
+    ) -> Tensor:
+        """A_dot [B, G, r, T, d]: causal softmax attention of the T new queries over the window
+        (docs/design.md, "The local window"): the ring's K earlier tokens and the new ones, as
+        `frame` places and masks them. q [B, H, T, d], k, v [B, G, T, d] (before RoPE),
+        past_key/value [B, G, K, d] (before RoPE)."""
+        ring = apply_rope(past_key, frame.ring_cos, frame.ring_sin)
+        keys = torch.cat([ring, apply_rope(k, frame.cos, frame.sin)], dim=2)  # [B, G, K+T, d]
+        values = torch.cat([past_value, v], dim=2)
+        return self.attend(apply_rope(q, frame.cos, frame.sin), keys, values, frame.bias)
+
+    def attend(self, q_rot: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
+        """Softmax attention of rotated queries q_rot [B, H, T, d] over rotated keys and values
+        [B, G, S, d], masked by an additive bias [B, 1, 1, T, S] -> [B, G, r, T, d]."""
+        B, H, T, d = q_rot.shape
+        q_rot = q_rot.view(B, keys.shape[1], self.config.num_groups, T, d)
+        scores = (q_rot @ keys.unsqueeze(2).transpose(-1, -2)) / d**0.5  # [B, G, r, T, S]
+        scores = scores.to(bias.dtype) + bias
+        return scores.softmax(-1).to(values.dtype) @ values.unsqueeze(2)  # [B, G, r, T, d]
 
     def output(self, a: Tensor) -> Tensor:
         """o_proj of the heads' outputs a [B, G, r, T, d] -> [B, T, D]."""
@@ -200,19 +272,22 @@ class InfiniAttention(nn.Module):
     def forward(
         self,
         x: Tensor,  # [B, T, D]
-        past_key: Tensor,  # [B, G, P, d]
-        past_value: Tensor,  # [B, G, P, d]
+        past_key: Tensor,  # [B, G, K, d]
+        past_value: Tensor,  # [B, G, K, d]
         memory: Tensor,  # [B, G, d, d]
         norm: Tensor,  # [B, G, d]
         memory_acc: Tensor,  # [B, G, d, d]
         norm_acc: Tensor,  # [B, G, d]
+        frame: Frame,
         write_weights: Tensor | None = None,  # [B, T], training only (see memory_write)
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Returns the attention output [B, T, D], the new tokens' keys (before RoPE) and
+        values [B, G, T, d], and the accumulators with their memory writes added."""
         c = self.config
         B, T, _ = x.shape
         G, d, r = c.num_key_value_heads, c.head_dim, c.num_groups
         q, k, v = self.project(x)
-        a_dot, present_key, present_value = self.local(q, k, v, past_key, past_value)
+        a_dot = self.local(q, k, v, past_key, past_value, frame)
 
         # Compressive memory, float32 (float64 for a float64 model); un-rotated q and k.
         f = wide(x.dtype)
@@ -224,7 +299,7 @@ class InfiniAttention(nn.Module):
 
         g = torch.sigmoid(self.gate.to(f)).view(G, r, 1, 1)
         a = (g * a_mem + (1 - g) * a_dot.to(f)).to(x.dtype)  # [B, G, r, T, d]
-        return self.output(a), present_key, present_value, memory_acc + d_mem, norm_acc + d_norm
+        return self.output(a), k, v, memory_acc + d_mem, norm_acc + d_norm
 
 
 class DecoderLayer(nn.Module):
@@ -334,21 +409,26 @@ class InfiniLlamaForCausalLM(nn.Module):
     def step(
         self,
         input_ids: Tensor,  # [B, T] int64
-        past_key: Tensor,  # [B, L, G, P, d]
-        past_value: Tensor,  # [B, L, G, P, d]
+        past_key: Tensor,  # [B, L, G, K, d]
+        past_value: Tensor,  # [B, L, G, K, d]
         memory: Tensor,  # [B, L, G, d, d] float32
         norm: Tensor,  # [B, L, G, d] float32
         memory_acc: Tensor,  # [B, L, G, d, d] float32
         norm_acc: Tensor,  # [B, L, G, d] float32
+        position: Tensor,  # [B] int64: tokens seen before these
         num_logits: int | None = None,
         write_weights: Tensor | None = None,  # [B, T], training only (see memory_write)
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """One call of the step graph (docs/design.md) with P + T <= segment_len.
+        """One call of the step graph (docs/design.md, format 2): T new tokens that stay in
+        the current segment (position mod N + T <= segment_len).
 
-        Returns logits [B, min(num_logits, T), V] (float32), present_key/value [B, L, G, P+T, d],
-        memory_acc_out [B, L, G, d, d], norm_acc_out [B, L, G, d].
+        Returns logits [B, min(num_logits, T), V] (float32), new_key/new_value [B, L, G, T, d]
+        (for the ring), memory_acc_out [B, L, G, d, d], norm_acc_out [B, L, G, d].
         """
         x = self.model.embed_tokens(input_ids)  # [B, T, D]
+        frame = window_frame(
+            self.config, position, input_ids.shape[1], past_key.shape[3], wide(self.dtype)
+        )
         keys, values, mem_accs, norm_accs = [], [], [], []
         for i, layer in enumerate(self.model.layers):
             x, k, v, m, z = layer(
@@ -359,6 +439,7 @@ class InfiniLlamaForCausalLM(nn.Module):
                 norm[:, i],
                 memory_acc[:, i],
                 norm_acc[:, i],
+                frame,
                 write_weights=write_weights,
             )
             keys.append(k)
@@ -403,16 +484,13 @@ class InfiniLlamaForCausalLM(nn.Module):
                 state.norm,
                 state.memory_acc,
                 state.norm_acc,
+                state.position,
                 num_logits=1 if last_logits_only else None,
                 write_weights=piece_weights,
             )
             logits.append(out)
             start += take
-            if key.shape[3] == N:  # segment complete: commit the memory, empty the cache
-                empty = key[:, :, :, :0]
-                state = StreamState(mem_acc, norm_acc, mem_acc, norm_acc, empty, empty)
-            else:
-                state = StreamState(state.memory, state.norm, mem_acc, norm_acc, key, value)
+            state = state.advance(take, key, value, mem_acc, norm_acc)
         return (logits[-1] if last_logits_only else torch.cat(logits, dim=1)), state
 
     @torch.inference_mode()

@@ -9,7 +9,6 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from infini_onnx.quantize.segments import segments
 from infini_onnx.runtime import InfiniModel, Stream
-from infini_onnx.stepgraph.names import STATE_TENSORS
 
 
 class CarriedStateReader(CalibrationDataReader):
@@ -25,9 +24,8 @@ class CarriedStateReader(CalibrationDataReader):
     def _walk(model: InfiniModel, tokens: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
         stream = Stream(model)
         for ids in segments(tokens, model.config.segment_len):
-            host = stream.state.to_host()
             num_logits = np.array([ids.size], np.int64)  # all positions: calibrates the LM head
-            state = {name: host[name] for name in STATE_TENSORS}
+            state = {k: np.array(v) for k, v in stream.state.graph_inputs().items()}
             yield {**state, "input_ids": ids[None], "num_logits": num_logits}
             stream.feed(ids)
 

@@ -28,7 +28,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from infini_onnx.quantize.plan import GraphPlan
 from infini_onnx.quantize.targets import Settings
-from infini_onnx.stepgraph.names import FLOAT32_IO
+from infini_onnx.stepgraph.state_spec import FLOAT32_IO
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 logging.getLogger("root").setLevel(logging.ERROR)  # ORT's "consider pre-processing" chatter

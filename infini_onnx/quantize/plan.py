@@ -16,7 +16,7 @@ import onnx
 from infini_onnx.errors import ModelDirError, ModelFileError, QuantizeError
 from infini_onnx.stepgraph.memory_path import memory_node_names
 from infini_onnx.stepgraph.metadata import StepGraphInfo, check_io
-from infini_onnx.stepgraph.names import MEMORY_OUTPUTS
+from infini_onnx.stepgraph.state_spec import MEMORY_OUTPUTS
 
 # An RMSNorm's statistics, in graph order (the Reciprocal only in graphs of infini-onnx 0.1).
 NORM_STATISTICS = ("Pow", "ReduceMean", "Add", "Sqrt", "Reciprocal")
@@ -58,7 +58,10 @@ def load_step_graph(path: str | Path) -> tuple[onnx.ModelProto, StepGraphInfo]:
     try:
         info = StepGraphInfo.from_props({p.key: p.value for p in model.metadata_props}, str(path))
         check_io(
-            [i.name for i in model.graph.input], [o.name for o in model.graph.output], str(path)
+            [i.name for i in model.graph.input],
+            [o.name for o in model.graph.output],
+            str(path),
+            info.spec,
         )
     except (ModelFileError, ModelDirError) as e:  # not a step graph, or its config is bad
         raise QuantizeError(str(e)) from None

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from infini_onnx.atomic import atomic_output, check_output
 from infini_onnx.errors import QuantizeError
 from infini_onnx.quantize import modes
 from infini_onnx.quantize.accuracy import Report, compare, file_bytes
 from infini_onnx.quantize.calibration import CarriedStateReader
 from infini_onnx.quantize.corpus import token_stream
 from infini_onnx.quantize.plan import load_step_graph, plan_graph
-from infini_onnx.quantize.segments import open_model
 from infini_onnx.quantize.targets import Settings
-from infini_onnx.runtime import Stream
-from infini_onnx.stepgraph.files import atomic_output, check_output, data_file_name, graph_files
+from infini_onnx.runtime import InfiniModel, Stream
+from infini_onnx.stepgraph.files import data_file_name, graph_files
 
 CALIB_SEED, EVAL_SEED = 1, 2  # generated calibration text and the held-out stream differ
 _PROTOBUF_LIMIT = 1 << 31
@@ -67,7 +67,7 @@ def _calibration(
     in_path: str | Path, calib: str | Path | None, calib_segments: int
 ) -> CarriedStateReader:
     """The int8-static calibration feeds (lazy), its tokens read now (corpus.file_tokens)."""
-    float_model = open_model(in_path)
+    float_model = InfiniModel(in_path, quiet=True)
     tokens = token_stream(float_model, calib_segments, CALIB_SEED, calib)
     return CarriedStateReader(float_model, tokens)
 
@@ -99,7 +99,7 @@ def save_atomic(
 def _check_runs(path: str | Path, what: str) -> None:
     """Load `path` in the runtime and feed it one segment; QuantizeError if anything fails."""
     try:
-        model = open_model(path, threads=1)
+        model = InfiniModel(path, threads=1, quiet=True)
         Stream(model).feed(np.zeros(model.config.segment_len, np.int64))
     except Exception as e:  # the runtime's errors and ONNX Runtime's, which share no base
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -111,7 +111,8 @@ def held_out_tokens(
 ) -> np.ndarray:
     """The accuracy report's stream: `segments` segments of the text file `text` (bounded
     read, corpus.file_tokens) or of generated text, for the fp32 graph `in_path`."""
-    return token_stream(open_model(in_path, threads=1), segments, EVAL_SEED, text)
+    model = InfiniModel(in_path, threads=1, quiet=True)
+    return token_stream(model, segments, EVAL_SEED, text)
 
 
 def accuracy_report(
@@ -119,13 +120,14 @@ def accuracy_report(
     out_path: str | Path,
     segments: int = 32,
     text: str | Path | None = None,
-    threads: int = 0,
+    threads: int | None = None,
     *,
     tokens: np.ndarray | None = None,
 ) -> Report:
     """Sizes of both files and the variant's accuracy on a held-out stream of `segments`
     (`tokens`, if already read by held_out_tokens)."""
-    reference, variant = open_model(in_path, threads), open_model(out_path, threads)
+    reference = InfiniModel(in_path, threads=threads, quiet=True)
+    variant = InfiniModel(out_path, threads=threads, quiet=True)
     if tokens is None:
         tokens = token_stream(reference, segments, EVAL_SEED, text)
     accuracy = compare(reference, variant, tokens)

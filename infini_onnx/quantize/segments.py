@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from infini_onnx.runtime import InfiniModel, Stream, session_options
+from infini_onnx.runtime import InfiniModel, Stream
 
 
 @dataclass
@@ -22,14 +21,6 @@ class SegmentResult:
     logits: np.ndarray
     memory: np.ndarray  # [1, L, G, d, d]
     norm: np.ndarray  # [1, L, G, d]
-
-
-def open_model(path: str | Path, threads: int | None = None) -> InfiniModel:
-    """The runtime's model on the CPU (threads None or 0: all cores), ONNX Runtime's warnings
-    silenced (quantised graphs draw some that say nothing to the user)."""
-    options = session_options(threads or None)
-    options.log_severity_level = 3
-    return InfiniModel(path, device="cpu", session_options=options)
 
 
 def segments(tokens: np.ndarray, segment_len: int) -> Iterator[np.ndarray]:

@@ -1,13 +1,15 @@
 """How a call of the step graph is made on a device, and where the state tensors live.
 
 State tensors are opaque "device values": numpy arrays on the CPU, OrtValues in GPU memory with
-CUDA/TensorRT (IO binding, so memory and cache never travel through the host between calls).
+CUDA/TensorRT (IO binding, so the memory and a format-1 cache never travel through the host
+between calls; the window ring of format 2 lives on the host, and only a call's new rows come
+back from the device).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,20 +17,17 @@ import onnxruntime as ort
 
 from infini_onnx.devices import DEVICES, PROVIDERS
 from infini_onnx.errors import DeviceError, InputError
-from infini_onnx.stepgraph.names import OUTPUT_NAMES
+from infini_onnx.stepgraph.state_spec import MEMORY_OUTPUTS, MODEL, REPLACE, RING, StateSpec
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 @dataclass(frozen=True)
 class Outputs:
-    """The outputs of one call: logits on the host, the rest as device values."""
+    """The outputs of one call: logits on the host, the state outputs as device values."""
 
     logits: np.ndarray  # [B, n, V] float32
-    present_key: Any
-    present_value: Any
-    memory_acc: Any
-    norm_acc: Any
+    state: dict[str, Any]  # by output name (the spec's)
 
 
 def default_threads() -> int:
@@ -93,10 +92,10 @@ class CpuCalls:
     another's results; row by row every stream gets exactly what it gets alone.
     """
 
-    def __init__(self, session: ort.InferenceSession, rowwise: bool = False):
+    def __init__(self, session: ort.InferenceSession, spec: StateSpec, rowwise: bool = False):
         self.session = session
+        self.spec = spec
         self.rowwise = rowwise
-        self._outputs = list(OUTPUT_NAMES)
 
     def run(self, input_ids: np.ndarray, num_logits: int, state: dict[str, Any]) -> Outputs:
         if self.rowwise and len(input_ids) > 1:
@@ -107,10 +106,12 @@ class CpuCalls:
                 for i in range(len(input_ids))
             ]
             return Outputs(
-                *(np.concatenate([getattr(r, f.name) for r in rows]) for f in fields(Outputs))
+                np.concatenate([r.logits for r in rows]),
+                {k: np.concatenate([r.state[k] for r in rows]) for k in rows[0].state},
             )
         feeds = {**state, "input_ids": input_ids, "num_logits": np.array([num_logits], np.int64)}
-        return Outputs(*self.session.run(self._outputs, feeds))
+        logits, *rest = self.session.run(list(self.spec.output_names), feeds)
+        return Outputs(logits, dict(zip(self.spec.output_names[1:], rest, strict=True)))
 
     def to_device(self, array: np.ndarray) -> np.ndarray:
         return array
@@ -119,15 +120,14 @@ class CpuCalls:
         return value
 
     def finite(self, out: Outputs, cached: int) -> bool:
-        """All new values finite: logits, the new cache entries, the accumulators."""
-        new = (slice(None),) * 3 + (slice(cached, None),)
-        arrays = (
-            out.logits,
-            out.present_key[new],
-            out.present_value[new],
-            out.memory_acc,
-            out.norm_acc,
-        )
+        """All new values finite: logits, the new cache rows, the accumulators."""
+        arrays = [out.logits]
+        for t in self.spec.tensors:
+            value = out.state.get(t.output)
+            if t.on_call == REPLACE and t.dtype == MODEL:  # a format-1 cache: P old + T new rows
+                value = value[:, :, :, cached:]
+            if value is not None:
+                arrays.append(value)
         return all(np.isfinite(a).all() for a in arrays)
 
 
@@ -136,9 +136,14 @@ class BoundCalls:
     CUDA and TensorRT providers; "cpu" runs the same code on the CPU, for tests)."""
 
     def __init__(
-        self, session: ort.InferenceSession, device_type: str = "cuda", device_id: int = 0
+        self,
+        session: ort.InferenceSession,
+        spec: StateSpec,
+        device_type: str = "cuda",
+        device_id: int = 0,
     ):
         self.session = session
+        self.spec = spec
         self.device_type, self.device_id = device_type, device_id
 
     def run(self, input_ids: np.ndarray, num_logits: int, state: dict[str, Any]) -> Outputs:
@@ -146,16 +151,20 @@ class BoundCalls:
         binding.bind_cpu_input("input_ids", input_ids)
         binding.bind_cpu_input("num_logits", np.array([num_logits], np.int64))
         for name, value in state.items():
-            if isinstance(value, np.ndarray):  # the empty cache of a new segment
+            if isinstance(value, np.ndarray):  # an empty cache, the ring, the position
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in OUTPUT_NAMES[1:]:
-            binding.bind_output(name, self.device_type, self.device_id)
+        names = self.spec.output_names
+        rings = {t.output for t in self.spec.tensors if t.on_call == RING}
+        for name in names[1:]:  # a ring's new rows come to the host, where the ring lives
+            binding.bind_output(
+                name, *(("cpu",) if name in rings else (self.device_type, self.device_id))
+            )
         self.session.run_with_iobinding(binding)
         logits, *rest = binding.get_outputs()
-        return Outputs(logits.numpy(), *rest)
+        return Outputs(logits.numpy(), dict(zip(names[1:], rest, strict=True)))
 
     def to_device(self, array: np.ndarray) -> ort.OrtValue:
         array = np.ascontiguousarray(array)
@@ -167,12 +176,15 @@ class BoundCalls:
     def finite(self, out: Outputs, cached: int) -> bool:
         """Logits and z only (a few KB to the host): NaN or inf in any new key, value or memory
         write reaches both, since every position attends to itself and z sums sigma(k)."""
-        return bool(np.isfinite(out.logits).all() and np.isfinite(out.norm_acc.numpy()).all())
+        norm = out.state[MEMORY_OUTPUTS[1]]  # z's accumulator
+        return bool(np.isfinite(out.logits).all() and np.isfinite(norm.numpy()).all())
 
 
 DeviceCalls = CpuCalls | BoundCalls
 
 
-def device_calls(session: ort.InferenceSession, device: str, rowwise: bool = False) -> DeviceCalls:
+def device_calls(
+    session: ort.InferenceSession, device: str, spec: StateSpec, rowwise: bool = False
+) -> DeviceCalls:
     """The way calls are made on `device` (one of DEVICES); rowwise: see CpuCalls."""
-    return CpuCalls(session, rowwise) if device == "cpu" else BoundCalls(session)
+    return CpuCalls(session, spec, rowwise) if device == "cpu" else BoundCalls(session, spec)

@@ -22,7 +22,9 @@ class InfiniModel:
     device: "cpu", "cuda" or "tensorrt" (the last two need onnxruntime-gpu). threads: intra-op
     threads, an integer in [1, the cores this process may use] (default: all of them; InputError
     otherwise, before anything is allocated). session_options: your own
-    onnxruntime.SessionOptions instead of the defaults of `device.session_options`.
+    onnxruntime.SessionOptions instead of the defaults of `device.session_options`. quiet:
+    silence ONNX Runtime's warnings (the quantiser's own graphs draw some that say nothing to
+    the user).
     """
 
     def __init__(
@@ -31,6 +33,7 @@ class InfiniModel:
         device: str = "cpu",
         threads: int | None = None,
         session_options: ort.SessionOptions | None = None,
+        quiet: bool = False,
     ):
         self.path = Path(path)
         self.device = device
@@ -39,31 +42,35 @@ class InfiniModel:
             session_options = dev.session_options(threads)
         elif threads is not None:
             session_options.intra_op_num_threads = dev.check_threads(threads)
+        if quiet:  # ONNX Runtime's warnings (quantised graphs draw some that say nothing)
+            session_options.log_severity_level = 3
         session = _open_session(self.path, session_options, providers)
         if session.get_providers()[0] != providers[0]:
             raise DeviceError(f"{self.path}: onnxruntime could not start {providers[0]}")
         info = StepGraphInfo.from_props(session.get_modelmeta().custom_metadata_map, str(path))
         input_types = {i.name: i.type for i in session.get_inputs()}
-        check_io(input_types, [o.name for o in session.get_outputs()], str(path))
+        check_io(input_types, [o.name for o in session.get_outputs()], str(path), info.spec)
         shapes = {v.name: v.shape for v in (*session.get_inputs(), *session.get_outputs())}
-        check_shapes(shapes, info.config, str(path))
-        if input_types["past_key"] not in dev.ORT_DTYPES:
-            raise ModelFileError(f"{path}: unsupported cache type {input_types['past_key']}")
+        check_shapes(shapes, info.config, str(path), info.spec)
+        cache_type = input_types[info.spec.cache_tensors()[0].name]
+        if cache_type not in dev.ORT_DTYPES:
+            raise ModelFileError(f"{path}: unsupported cache type {cache_type}")
         self.config = info.config
         self.model_id: str = info.model_id
         self.variant: str = info.variant
         self.tokenizer: Tokenizer | None = _tokenizer(info.tokenizer_json, self.path)
-        self.cache_dtype = np.dtype(dev.ORT_DTYPES[input_types["past_key"]])
+        self.cache_dtype = np.dtype(dev.ORT_DTYPES[cache_type])
         rowwise = info.variant in ROWWISE_VARIANTS
-        self.layout = Layout(
-            self.config, self.cache_dtype, dev.device_calls(session, device, rowwise)
-        )
+        self.format_version: int = info.spec.version
+        calls = dev.device_calls(session, device, info.spec, rowwise)
+        self.layout = Layout(self.config, self.cache_dtype, calls, info.spec)
 
     def __repr__(self) -> str:
         c = self.config
         return (
             f"InfiniModel({str(self.path)!r}, device={self.device!r}, variant={self.variant!r}, "
-            f"layers={c.num_hidden_layers}, segment_len={c.segment_len})"
+            f"format={self.format_version}, layers={c.num_hidden_layers}, "
+            f"segment_len={c.segment_len})"
         )
 
     # --- the runtime loop: every graph call goes through here -------------------------------

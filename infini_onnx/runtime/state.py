@@ -1,9 +1,12 @@
 """The state a stream carries between graph calls, and every transition of it (docs/design.md,
 "The runtime loop"): new, advanced by a call (with the commit at a segment boundary), copied
-to and from the host, joined into a batch and split again.
+to and from the host, joined into a batch and split again. The tensors and their rules are the
+graph's format version's (stepgraph/state_spec.py); nothing here names one.
 
-A State is never modified: every transition makes a new one. So a stream keeps its previous
-state when a call fails, and fork() is free.
+A State is never modified, with one exception that keeps decoding free of copies: the window
+ring of format 2 is written in place by `advance` (only the new rows), and the state it was
+written from is then spent (using it raises). `copy()` gives a state with a ring of its own:
+Stream.fork() and every feed start from one, so a failed feed keeps the stream's state.
 """
 
 from __future__ import annotations
@@ -19,26 +22,29 @@ from infini_onnx.config import InfiniConfig
 from infini_onnx.errors import InputError
 from infini_onnx.runtime.device import DeviceCalls, Outputs
 from infini_onnx.runtime.statefile import MAX_HEADER_BYTES, MAX_TOKENS_SEEN
-from infini_onnx.stepgraph.names import CACHE_INPUTS, STATE_TENSORS
+from infini_onnx.stepgraph.state_spec import EMPTY, FLOAT32, REPLACE, RING, StateSpec, ring_slots
 
 
 @dataclass(frozen=True)
 class Layout:
-    """What a model's states look like and where they live: sizes from its config, the cache
-    dtype of its graph, the device that holds the tensors."""
+    """What a model's states look like and where they live: the format's spec, sizes from the
+    config, the cache dtype of its graph, the device that holds the tensors."""
 
     config: InfiniConfig
     cache_dtype: np.dtype
     device: DeviceCalls
+    spec: StateSpec
 
     def shapes(self, batch: int, cached: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """Shape and dtype of each state tensor."""
-        c = self.config
-        L, G, d = c.num_hidden_layers, c.num_key_value_heads, c.head_dim
+        """Shape and dtype of each state tensor (`cached`: tokens of the current segment)."""
         f32 = np.dtype(np.float32)
-        matrix, vector = ((batch, L, G, d, d), f32), ((batch, L, G, d), f32)  # M and z
-        cache = ((batch, L, G, cached, d), self.cache_dtype)
-        return dict(zip(STATE_TENSORS, (matrix, vector, matrix, vector, cache, cache), strict=True))
+        return {
+            t.name: (
+                self.spec.shape(t.dims, self.config, B=batch, P=cached),
+                f32 if t.dtype == FLOAT32 else self.cache_dtype,
+            )
+            for t in self.spec.tensors
+        }
 
     def max_file_bytes(self) -> int:
         """The largest state file of one stream: every tensor at its largest (a cache of
@@ -48,18 +54,26 @@ class Layout:
         return 8 + MAX_HEADER_BYTES + tensors + 8 + 4 * self.config.vocab_size
 
 
+class _Lease:
+    """Which state may write a ring in place: the last one advanced (shared by the states
+    that share the ring)."""
+
+    def __init__(self, holder: State | None = None):
+        self.holder = holder
+
+
 @dataclass(frozen=True)
 class State:
-    memory: Any  # [B, L, G, d, d] float32: M at the start of the current segment
-    norm: Any  # [B, L, G, d] float32: z at the start of the current segment
-    memory_acc: Any  # [B, L, G, d, d] float32: M plus the writes of the cached tokens
-    norm_acc: Any  # [B, L, G, d] float32
-    past_key: Any  # [B, L, G, P, d] model dtype: keys after RoPE
-    past_value: Any  # [B, L, G, P, d] model dtype
-    cached: int  # P: tokens of the current segment in the cache
+    tensors: dict[str, Any]  # the spec's state tensors, by name, as device values
+    cached: int  # tokens of the current segment already seen
     tokens_seen: np.ndarray  # [B] int64
     logits: np.ndarray | None  # [B, V] float32: next-token logits; None before any token
     layout: Layout = field(repr=False, compare=False)
+    lease: _Lease = field(default_factory=_Lease, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.lease.holder is None:
+            self.lease.holder = self
 
     @property
     def batch(self) -> int:
@@ -67,7 +81,11 @@ class State:
 
     def graph_inputs(self) -> dict[str, Any]:
         """The state inputs of a call, by graph input name."""
-        return {name: getattr(self, name) for name in STATE_TENSORS}
+        self._check_live()
+        spec, inputs = self.layout.spec, dict(self.tensors)
+        if spec.position_input:
+            inputs[spec.position_input] = self.tokens_seen
+        return inputs
 
     @classmethod
     def zeros(cls, layout: Layout, batch: int = 1) -> State:
@@ -77,38 +95,58 @@ class State:
         return cls.from_host(layout, host)
 
     def advance(self, out: Outputs, tokens: int) -> State:
-        """The state after a call that took `tokens` new tokens: the cache grows by them; when
-        the segment is complete the memory commits (memory, norm <- memory_acc_out,
-        norm_acc_out) and the cache empties. InputError if tokens_seen would pass what a state
-        file stores (MAX_TOKENS_SEEN)."""
+        """The state after a call that took `tokens` new tokens, by the spec's rules: outputs
+        replace their inputs or go into the ring; when the segment is complete the memory
+        commits (memory, norm <- memory_acc_out, norm_acc_out) and a format-1 cache empties.
+        InputError if tokens_seen would pass what a state file stores (MAX_TOKENS_SEEN)."""
+        self._check_live()
         if (self.tokens_seen > MAX_TOKENS_SEEN - tokens).any():
             raise InputError(
                 f"{tokens} more tokens would take the stream past {MAX_TOKENS_SEEN:,} tokens, "
                 "the most a state file stores"
             )
         seen, last = self.tokens_seen + tokens, out.logits[:, -1].copy()  # not a view of all
-        cached = self.cached + tokens
-        if cached == self.layout.config.segment_len:
-            empty = np.zeros(*self.layout.shapes(self.batch, 0)[CACHE_INPUTS[0]])
-            macc, nacc = out.memory_acc, out.norm_acc
-            return State(macc, nacc, macc, nacc, empty, empty, 0, seen, last, self.layout)
-        return State(
-            self.memory,
-            self.norm,
-            out.memory_acc,
-            out.norm_acc,
-            out.present_key,
-            out.present_value,
-            cached,
-            seen,
-            last,
-            self.layout,
-        )
+        cached = (self.cached + tokens) % self.layout.config.segment_len
+        spec, tensors = self.layout.spec, dict(self.tensors)
+        for t in spec.tensors:
+            if t.on_call == REPLACE:
+                tensors[t.name] = out.state[t.output]
+            elif t.on_call == RING:
+                self._write_ring(tensors[t.name], self.layout.device.to_host(out.state[t.output]))
+            if cached == 0 and t.on_commit == EMPTY:
+                tensors[t.name] = np.zeros(*self.layout.shapes(self.batch, 0)[t.name])
+            elif cached == 0 and t.on_commit:
+                tensors[t.name] = out.state[t.on_commit]
+        state = State(tensors, cached, seen, last, self.layout, self.lease)
+        self.lease.holder = state  # this state's ring now holds the new rows: it is spent
+        return state
+
+    def copy(self) -> State:
+        """The same state with rings of its own (other tensors are never written in place)."""
+        self._check_live()
+        rings = {t.name for t in self.layout.spec.tensors if t.on_call == RING}
+        tensors = {k: v.copy() if k in rings else v for k, v in self.tensors.items()}
+        return State(tensors, self.cached, self.tokens_seen, self.logits, self.layout)
+
+    def _write_ring(self, ring: np.ndarray, rows: np.ndarray) -> None:
+        """Write each batch row's new rows [B, L, G, T, d] into its ring [B, L, G, K, d]."""
+        T = rows.shape[3]
+        for b, position in enumerate(self.tokens_seen.tolist()):
+            slots, kept = ring_slots(position, T, ring.shape[3])
+            ring[b][:, :, slots] = rows[b, :, :, T - kept :]  # ring[b] is a view
+
+    def _check_live(self) -> None:
+        if self.lease.holder is not self:
+            raise InputError(
+                "this state was advanced: its window was written in place by a later call "
+                "(fork() the stream to keep a state to come back to)"
+            )
 
     def to_host(self) -> dict[str, np.ndarray]:
         """The state as host arrays (what a state file holds)."""
+        self._check_live()
         device = self.layout.device
-        host = {name: device.to_host(v) for name, v in self.graph_inputs().items()}
+        host = {name: device.to_host(v) for name, v in self.tensors.items()}
         host["tokens_seen"] = self.tokens_seen
         if self.logits is not None:
             host["logits"] = self.logits
@@ -116,16 +154,17 @@ class State:
 
     @classmethod
     def from_host(cls, layout: Layout, host: dict[str, np.ndarray]) -> State:
-        """A State on the layout's device from host arrays; ValueError or KeyError if a shape
-        does not fit the model."""
+        """A State on the layout's device from host arrays (rings always stay on the host);
+        ValueError or KeyError if a shape does not fit the model."""
         c = layout.config
         tokens_seen = np.asarray(host["tokens_seen"])
         if tokens_seen.ndim != 1 or tokens_seen.dtype.kind not in "iu":
             raise ValueError(f"tokens_seen must be a vector of integers, got {tokens_seen!r}")
-        batch, cached = len(tokens_seen), host["past_key"].shape[3]
+        batch = len(tokens_seen)
+        cached = int(tokens_seen[0] % c.segment_len) if batch else 0
         if (tokens_seen < 0).any() or (tokens_seen % c.segment_len != cached).any():
             raise ValueError(
-                f"tokens_seen {tokens_seen.tolist()} does not fit {cached} cached tokens "
+                f"tokens_seen {tokens_seen.tolist()} are not at one position of a segment "
                 f"(segment_len {c.segment_len})"
             )
         expected = layout.shapes(batch, cached)
@@ -138,10 +177,15 @@ class State:
                     f"{name} has shape {list(host[name].shape)}, expected {list(shape)}"
                 )
             arrays[name] = host[name].astype(dtype, copy=False)
-        if cached >= c.segment_len:
-            raise ValueError(f"{cached} cached tokens, segment_len is {c.segment_len}")
+        rings = {t.name for t in layout.spec.tensors if t.on_call == RING}
+        tensors = {
+            t.name: np.array(arrays[t.name])
+            if t.name in rings
+            else layout.device.to_device(arrays[t.name])
+            for t in layout.spec.tensors
+        }
         return cls(
-            **{name: layout.device.to_device(arrays[name]) for name in STATE_TENSORS},
+            tensors,
             cached=cached,
             tokens_seen=tokens_seen.astype(np.int64),
             logits=arrays.get("logits"),

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from infini_onnx.atomic import atomic_output
 from infini_onnx.errors import StateFileError
-from infini_onnx.stepgraph.files import atomic_output
 
 STATE_FORMAT = "infini-stream-state"
 STATE_VERSION = "1"
@@ -44,7 +44,7 @@ def write_safetensors(
     metadata: dict[str, str],
     inputs: Iterable[str | Path] = (),
 ) -> None:
-    """Write tensors and string metadata atomically (stepgraph.files.atomic_output), never over
+    """Write tensors and string metadata atomically (infini_onnx.atomic.atomic_output), never over
     one of `inputs`."""
     header: dict = {"__metadata__": dict(metadata)}
     blobs, offset = [], 0
@@ -136,23 +136,27 @@ def save_state(
     host: dict[str, np.ndarray],
     model_id: str,
     variant: str,
+    graph_format: int,
     inputs: Iterable[str | Path] = (),
 ) -> None:
-    """Write a stream's host tensors (memory, norm, accumulators, cache, tokens_seen, logits),
+    """Write a stream's host tensors (its graph format's state tensors, tokens_seen, logits),
     never over one of `inputs` (the model file)."""
     metadata = {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
         "model_id": model_id,
         "variant": variant,
+        "graph_format": str(graph_format),
     }
     write_safetensors(path, host, metadata, inputs)
 
 
 def load_state(
-    path: str | Path, model_id: str, max_bytes: int | None = None
+    path: str | Path, model_id: str, graph_format: int, max_bytes: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Read a state file written by save_state for the model `model_id` (at most max_bytes)."""
+    """Read a state file written by save_state for the model `model_id` and a step graph of
+    format `graph_format` (at most max_bytes). Files written before the key existed are
+    format 1's."""
     tensors, metadata = read_safetensors(path, max_bytes)
     if metadata.get("format") != STATE_FORMAT:
         raise StateFileError(f"{path}: not an infini-onnx stream state")
@@ -160,6 +164,12 @@ def load_state(
         raise StateFileError(
             f"{path}: state format version {metadata.get('version')!r} is not supported "
             f"(this runtime reads {STATE_VERSION})"
+        )
+    saved_format = metadata.get("graph_format", "1")
+    if saved_format != str(graph_format):
+        raise StateFileError(
+            f"{path}: a state of a format-{saved_format} step graph; this graph is format "
+            f"{graph_format} (resume it with the graph it was saved from)"
         )
     if metadata.get("model_id") != model_id:
         raise StateFileError(

@@ -36,14 +36,15 @@ class _Streams:
         return self._state
 
     def _ingest(self, chunks: Iterable[np.ndarray], all_logits: bool) -> np.ndarray:
-        """Feed [B, t] chunks; all or nothing: on an error the stream keeps its state."""
-        state, collected = self._state, []
-        N = self._model.config.segment_len
+        """Feed [B, t] chunks; all or nothing: on an error the stream keeps its state (the
+        calls write a copy of its window ring)."""
+        start = state = self._state.copy()
+        collected, N = [], self._model.config.segment_len
         for piece in _segment_pieces(chunks, N - state.cached, N):
             logits, state = self._model.step(state, piece, piece.shape[1] if all_logits else 1)
             if all_logits:
                 collected.append(logits)
-        if state is self._state:
+        if state is start:
             raise InputError("empty input: no tokens to feed")
         self._state = state
         return np.concatenate(collected, axis=1) if all_logits else state.logits
@@ -96,7 +97,9 @@ class Stream(_Streams):
     def load(cls, model: InfiniModel, path: str | Path) -> Stream:
         """A stream from a state file written by `Stream.save` for this model."""
         _check_model(model)
-        host = statefile.load_state(_path(path), model.model_id, model.layout.max_file_bytes())
+        host = statefile.load_state(
+            _path(path), model.model_id, model.format_version, model.layout.max_file_bytes()
+        )
         if not all(np.isfinite(a).all() for a in host.values()):
             raise StateFileError(f"{path}: NaN or inf in the saved state")
         try:
@@ -183,14 +186,20 @@ class Stream(_Streams):
         self._state = State.zeros(self._model.layout)
 
     def fork(self) -> Stream:
-        """An independent copy at the same point (free: states are never modified)."""
-        return Stream(self._model, self._state)
+        """An independent copy at the same point (its own copy of the window ring, the only
+        tensors a call writes in place: State)."""
+        return Stream(self._model, self._state.copy())
 
     def save(self, path: str | Path) -> None:
         """Write the state atomically (see docs/runtime.md for the format)."""
         m = self._model
         statefile.save_state(
-            _path(path), self._state.to_host(), m.model_id, m.variant, graph_files(m.path)
+            _path(path),
+            self._state.to_host(),
+            m.model_id,
+            m.variant,
+            m.format_version,
+            graph_files(m.path),
         )
 
 

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from infini_onnx.atomic import atomic_output, remove_stale_temporaries
 from infini_onnx.errors import InputError, StateFileError, StreamNotFoundError
 from infini_onnx.runtime import textio
 from infini_onnx.runtime.sampling import SamplingOptions
 from infini_onnx.runtime.session import InfiniModel
 from infini_onnx.runtime.stream import Stream
-from infini_onnx.stepgraph.files import atomic_output, remove_stale_temporaries
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # 128 random bits, hex
 JOURNAL_FORMAT = "infini-stream-journal"

@@ -6,42 +6,40 @@ served graph (docs/serving.md, "Triton"):
 
 - output states are paired with input states by position in alphabetical order of their names,
   so the pairs are INPUT_STATE__<name> / OUTPUT_STATE__<name>, which sort alike;
-- a pair is copied back after every request, unconditionally: the segment-boundary commit
-  (accumulators become the memory, the cache empties) happens inside the graph;
+- a pair is copied back after every request, unconditionally: the runtime loop's rules of the
+  graph's format (stepgraph/state_spec.py: outputs replace inputs, new rows go into the window
+  ring, the commit at a completed segment) happen inside the graph;
 - at a sequence's start the state buffers are uninitialised, each -1 dim set to 1: the graph
   takes the START control and zeroes its state itself (Where, so garbage NaN cannot leak).
 
 The step graph is wrapped, not changed: new nodes compute its original state inputs from the
-INPUT_STATE__ tensors and START, and the OUTPUT_STATE__ tensors from its outputs.
+INPUT_STATE__ tensors and START, and the OUTPUT_STATE__ tensors from its outputs. Format 2's
+state has a fixed size (the ring and the position are states too); format 1's cache grows.
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from infini_onnx.atomic import atomic_output
 from infini_onnx.errors import InfiniError, InputError, ModelFileError
-from infini_onnx.stepgraph.files import atomic_output, data_file_name
+from infini_onnx.stepgraph.files import data_file_name
 from infini_onnx.stepgraph.metadata import StepGraphInfo, check_io, check_shapes
-from infini_onnx.stepgraph.names import CACHE_INPUTS, STATE_TENSORS
+from infini_onnx.stepgraph.state_spec import EMPTY, KEEP, RING, window_slots
 
 START = "START"
 INPUT_PREFIX, OUTPUT_PREFIX = "INPUT_STATE__", "OUTPUT_STATE__"
-# What each state becomes after a call, before the commit: name -> the step graph's output.
-NEXT_STATE = {
-    "memory": "memory",  # unchanged until the segment completes
-    "norm": "norm",
-    "memory_acc": "memory_acc_out",
-    "norm_acc": "norm_acc_out",
-    "past_key": "present_key",
-    "past_value": "present_value",
+TRITON_TYPES = {
+    TensorProto.FLOAT: "TYPE_FP32",
+    TensorProto.FLOAT16: "TYPE_FP16",
+    TensorProto.INT64: "TYPE_INT64",
 }
-COMMITTED = {"memory": "memory_acc_out", "norm": "norm_acc_out"}  # at a completed segment
-TRITON_TYPES = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.FLOAT16: "TYPE_FP16"}
 # A model name is one directory of the repository and a quoted string in config.pbtxt.
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 NAME_RULE = "1 to 128 of A-Z a-z 0-9 _ . -, not starting with . or -"
@@ -62,53 +60,66 @@ def check_options(name: str, instances: int, kind: str, max_idle_seconds: float)
 
 def served_graph(model: onnx.ModelProto, info: StepGraphInfo) -> onnx.ModelProto:
     """The step graph wrapped for Triton's implicit state (see the module docstring)."""
-    graph = model.graph
-    N = info.config.segment_len
+    graph, spec = model.graph, info.spec
+    N, K = info.config.segment_len, window_slots(info.config)
     inputs = {i.name: i for i in graph.input}
-    nodes: list[onnx.NodeProto] = []
-
-    consts: set[str] = set()
+    before: list[onnx.NodeProto] = []  # computes the step graph's inputs
+    after: list[onnx.NodeProto] = []  # reads its outputs
 
     def const(name: str, value) -> str:
-        if name not in consts:
-            consts.add(name)
+        if not any(init.name == f"triton/{name}" for init in graph.initializer):
             graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"triton/{name}"))
         return f"triton/{name}"
 
-    def node(op: str, ins: list[str], out: str, **attrs) -> str:
-        nodes.append(helper.make_node(op, ins, [out], name=f"triton/{out}", **attrs))
+    def node(where: list, op: str, ins: list[str], out: str, **attrs) -> str:
+        name = out if out.startswith("triton/") else f"triton/{out}"  # unique, as outputs are
+        where.append(helper.make_node(op, ins, [out], name=name, **attrs))
         return out
 
-    zero_f, zero_i = const("zero_f", np.float32(0)), const("zero_i", np.zeros(1, np.int64))
-    # At START the cache holds no token and the memory is zero, whatever the buffers hold.
-    past_in = INPUT_PREFIX + CACHE_INPUTS[0]
-    held = node("Shape", [past_in], "triton/held", start=3, end=4)  # [1]
-    cached = node("Where", [START, zero_i, held], "triton/cached")
-    for name in STATE_TENSORS:
-        if name in CACHE_INPUTS:
-            node("Slice", [INPUT_PREFIX + name, zero_i, cached, const("axis3", [3])], name)
+    zero_i, axis3 = const("zero_i", np.zeros(1, np.int64)), const("axis3", [3])
+    names = [*spec.names, *([spec.position_input] if spec.position_input else [])]
+    # At START the stream is new (no token, zero memory), whatever the buffers hold.
+    if spec.position_input:
+        pos = node(before, "Where", [START, zero_i, INPUT_PREFIX + spec.position_input], "position")
+        cached = node(before, "Mod", [pos, const("segment_len", [N])], "triton/cached")
+    else:  # format 1: the cache holds the current segment's tokens
+        held = node(before, "Shape", [INPUT_PREFIX + "past_key"], "triton/held", start=3, end=4)
+        cached = node(before, "Where", [START, zero_i, held], "triton/cached")
+    for t in spec.tensors:
+        if t.on_commit == EMPTY:  # format 1's cache: keep its P rows
+            node(before, "Slice", [INPUT_PREFIX + t.name, zero_i, cached, axis3], t.name)
         else:
-            node("Where", [START, zero_f, INPUT_PREFIX + name], name)
-    node("Constant", [], "num_logits", value=numpy_helper.from_array(np.ones(1, np.int64)))
-    # After the call: the commit when P + T completes the segment.
-    tokens = node("Shape", ["input_ids"], "triton/tokens", start=1, end=2)
-    total = node("Add", [cached, tokens], "triton/total")
-    complete = node("Equal", [total, const("segment_len", np.array([N], np.int64))], "triton/full")
-    keep = node("Where", [complete, zero_i, total], "triton/keep")
-    for name, nxt in NEXT_STATE.items():
-        out = OUTPUT_PREFIX + name
-        if name in CACHE_INPUTS:
-            node("Slice", [nxt, zero_i, keep, const("axis3", [3])], out)
-        elif name in COMMITTED:
-            node("Where", [complete, COMMITTED[name], nxt], out)
-        else:
-            node("Identity", [nxt], out)
+            zero = const(f"zero_{t.name}", _zero_of(inputs[t.name]))
+            node(before, "Where", [START, zero, INPUT_PREFIX + t.name], t.name)
+    node(before, "Constant", [], "num_logits", value=numpy_helper.from_array(np.ones(1, np.int64)))
 
-    state_inputs = [_renamed(inputs[name], INPUT_PREFIX + name) for name in STATE_TENSORS]
+    # After the call: the loop's rules, and the commit when the call completes the segment.
+    tokens = node(after, "Shape", ["input_ids"], "triton/tokens", start=1, end=2)  # [1]
+    total = node(after, "Add", [cached, tokens], "triton/total")
+    complete = node(after, "Equal", [total, const("segment_len", [N])], "triton/full")
+    if not spec.position_input:  # format 1's cache keeps P + T rows, none after the commit
+        kept = node(after, "Where", [complete, zero_i, total], "triton/kept")
+    for t in spec.tensors:
+        out = OUTPUT_PREFIX + t.name
+        if t.on_commit == EMPTY:
+            node(after, "Slice", [t.output, zero_i, kept, axis3], out)
+        elif t.on_call == RING:
+            write = partial(node, after)
+            _write_ring(write, const, t.name, t.output, pos, tokens, K, out)
+        else:
+            value = t.name if t.on_call == KEEP else t.output
+            if t.on_commit:
+                node(after, "Where", [complete, t.on_commit, value], out)
+            else:
+                node(after, "Identity", [value], out)
+    if spec.position_input:
+        node(after, "Add", [pos, tokens], OUTPUT_PREFIX + spec.position_input)
+
+    state_inputs = [_renamed(inputs[name], INPUT_PREFIX + name) for name in names]
     outputs = {o.name: o for o in graph.output}
-    state_outputs = [_renamed(inputs[name], OUTPUT_PREFIX + name) for name in STATE_TENSORS]
-    for o in state_outputs:  # the cache's length is its own (it empties at a commit)
-        if o.name.removeprefix(OUTPUT_PREFIX) in CACHE_INPUTS:
+    state_outputs = [_renamed(inputs[name], OUTPUT_PREFIX + name) for name in names]
+    for name, o in zip(names, state_outputs):  # a growing cache's length is its own
+        if name in spec.names and spec.tensor(name).on_commit == EMPTY:
             o.type.tensor_type.shape.dim[3].dim_param = "kept"
     start = helper.make_tensor_value_info(START, TensorProto.BOOL, [1])
     new_inputs = [inputs["input_ids"], start, *state_inputs]
@@ -116,14 +127,33 @@ def served_graph(model: onnx.ModelProto, info: StepGraphInfo) -> onnx.ModelProto
     del graph.input[:], graph.output[:]
     graph.input.extend(new_inputs)
     graph.output.extend(new_outputs)
-    # topological order: the OUTPUT_STATE__ nodes read the step graph's outputs, the other
-    # new nodes feed its inputs
-    after = [n for n in nodes if n.output[0].startswith(OUTPUT_PREFIX)]
-    before = [n for n in nodes if n not in after]
     original = list(graph.node)
     del graph.node[:]
     graph.node.extend([*before, *original, *after])
     return model
+
+
+def _write_ring(node, const, ring: str, rows: str, pos: str, tokens: str, K: int, out: str):
+    """out = the ring with the last min(T, K) new rows written at slots (position + i) mod K
+    (the runtime's State does the same in numpy)."""
+    name = f"triton/{ring}"
+    slots_k = const("slots", [K])
+    n = node("Min", [tokens, slots_k], f"{name}/n")  # [1]
+    skip = node("Sub", [tokens, n], f"{name}/skip")
+    kept = node("Slice", [rows, skip, tokens, const("axis3", [3])], f"{name}/rows")
+    first = node("Add", [pos, skip], f"{name}/first")
+    count = node("Squeeze", [n], f"{name}/count")
+    steps = node("Range", [const("zero_s", np.int64(0)), count, const("one_s", np.int64(1))],
+                 f"{name}/steps")  # fmt: skip
+    slots = node("Mod", [node("Add", [first, steps], f"{name}/at"), slots_k], f"{name}/slots")
+    index = node("Reshape", [slots, const("index_shape", [1, 1, 1, -1, 1])], f"{name}/index")
+    index = node("Expand", [index, node("Shape", [kept], f"{name}/shape")], f"{name}/indices")
+    node("ScatterElements", [ring, index, kept], out, axis=3)
+
+
+def _zero_of(value: onnx.ValueInfoProto) -> np.ndarray:
+    """A scalar zero of the input's element type (broadcast by Where)."""
+    return np.zeros((), onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
 
 
 def _shapes(graph: onnx.GraphProto) -> dict[str, list[int | str | None]]:
@@ -160,7 +190,7 @@ def config_pbtxt(
         if not value.name.startswith(INPUT_PREFIX):
             continue
         t = value.type.tensor_type
-        dims = ", ".join(str(d.dim_value) if d.dim_value else "-1" for d in t.shape.dim)
+        dims = ", ".join(str(d.dim_value) if d.HasField("dim_value") else "-1" for d in t.shape.dim)
         states.append(
             "    {\n"
             f'      input_name: "{value.name}"\n'
@@ -212,8 +242,8 @@ def write_repository(
     props = {p.key: p.value for p in model.metadata_props}
     info = StepGraphInfo.from_props(props, str(onnx_path))
     check_io([i.name for i in model.graph.input], [o.name for o in model.graph.output],
-             str(onnx_path))  # fmt: skip
-    check_shapes(_shapes(model.graph), info.config, str(onnx_path))
+             str(onnx_path), info.spec)  # fmt: skip
+    check_shapes(_shapes(model.graph), info.config, str(onnx_path), info.spec)
     served = served_graph(model, info)
     config = config_pbtxt(name, served, info, instances, kind, max_idle_seconds)
     out = model_dir / "1" / "model.onnx"

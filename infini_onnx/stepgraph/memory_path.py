@@ -17,7 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from infini_onnx.stepgraph.names import MEMORY_INPUTS, MEMORY_PREFIX
+from infini_onnx.stepgraph.names import MEMORY_PREFIX
+from infini_onnx.stepgraph.state_spec import MEMORY_INPUTS
 
 if TYPE_CHECKING:
     import onnx

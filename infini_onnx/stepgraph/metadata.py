@@ -14,20 +14,14 @@ from dataclasses import dataclass
 from infini_onnx.config import InfiniConfig
 from infini_onnx.errors import ModelFileError
 from infini_onnx.stepgraph.names import (
-    CACHE_INPUTS,
-    CACHE_OUTPUTS,
-    FORMAT_VERSION,
-    INPUT_NAMES,
     KEY_CONFIG,
     KEY_DIGEST,
     KEY_FORMAT_VERSION,
     KEY_MODEL_ID,
     KEY_TOKENIZER,
     KEY_VARIANT,
-    MEMORY_INPUTS,
-    MEMORY_OUTPUTS,
-    OUTPUT_NAMES,
 )
+from infini_onnx.stepgraph.state_spec import LATEST, SPECS, StateSpec
 
 SIGNED_KEYS = (KEY_FORMAT_VERSION, KEY_CONFIG, KEY_VARIANT, KEY_MODEL_ID, KEY_TOKENIZER)
 
@@ -40,11 +34,12 @@ class StepGraphInfo:
     variant: str  # fp32 | fp16 | int8 | int8-static | int4
     model_id: str  # sha256 of the source model directory (modeldir.model_id)
     tokenizer_json: str | None = None  # tokenizer.json text, if the model has one
+    spec: StateSpec = LATEST  # the format version's state contract
 
     def to_props(self) -> dict[str, str]:
         """The metadata_props of the file, with the digest of the others."""
         props = {
-            KEY_FORMAT_VERSION: str(FORMAT_VERSION),
+            KEY_FORMAT_VERSION: str(self.spec.version),
             KEY_CONFIG: json.dumps(self.config.to_dict(), sort_keys=True),
             KEY_VARIANT: self.variant,
             KEY_MODEL_ID: self.model_id,
@@ -63,11 +58,13 @@ class StepGraphInfo:
                 f"{source}: no {KEY_FORMAT_VERSION} metadata: not a step graph exported by "
                 "infini-onnx (run `infini export`)"
             )
-        if version != str(FORMAT_VERSION):
+        spec = SPECS.get(int(version)) if version in map(str, SPECS) else None
+        if spec is None:
             shown = version if version.isdigit() else repr(version)
+            readable = " and ".join(map(str, SPECS))
             raise ModelFileError(
                 f"{source}: step-graph format version {shown} is not supported (this "
-                f"infini-onnx reads version {FORMAT_VERSION}); upgrade infini-onnx"
+                f"infini-onnx reads versions {readable}); upgrade infini-onnx"
             )
         missing = [k for k in (KEY_CONFIG, KEY_MODEL_ID) if k not in props]
         if missing:
@@ -93,6 +90,7 @@ class StepGraphInfo:
             variant=props.get(KEY_VARIANT, "fp32"),
             model_id=props[KEY_MODEL_ID],
             tokenizer_json=props.get(KEY_TOKENIZER),
+            spec=spec,
         )
 
 
@@ -102,22 +100,19 @@ def digest(props: Mapping[str, str]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def static_dims(config: InfiniConfig) -> dict[str, tuple[int | None, ...]]:
-    """Each state tensor's and the logits' shape as the config fixes it (None: dynamic)."""
-    c = config
-    L, G, d = c.num_hidden_layers, c.num_key_value_heads, c.head_dim
-    cache, matrix, vector = (None, L, G, None, d), (None, L, G, d, d), (None, L, G, d)
-    dims = dict(zip(MEMORY_INPUTS, (matrix, vector, matrix, vector), strict=True))
-    dims.update(dict.fromkeys(CACHE_INPUTS + CACHE_OUTPUTS, cache))
-    dims.update(zip(MEMORY_OUTPUTS, (matrix, vector), strict=True))
-    dims["logits"] = (None, None, c.vocab_size)
-    return dims
+def static_dims(config: InfiniConfig, spec: StateSpec) -> dict[str, tuple[int | None, ...]]:
+    """Each state input and output's and the logits' shape as the config fixes it (None:
+    dynamic)."""
+    dims = spec.io_dims()
+    return {name: spec.shape(dims[name], config) for name in (*spec.names, *spec.output_names)}
 
 
-def check_shapes(shapes: Mapping[str, Sequence], config: InfiniConfig, source: str) -> None:
+def check_shapes(
+    shapes: Mapping[str, Sequence], config: InfiniConfig, source: str, spec: StateSpec
+) -> None:
     """Refuse a graph whose fixed dimensions disagree with its config (metadata that does not
     describe the graph). `shapes`: name -> dims, symbolic dims as strings or None."""
-    for name, expected in static_dims(config).items():
+    for name, expected in static_dims(config, spec).items():
         got = tuple(shapes.get(name, ()))
         fixed = [(g, e) for g, e in zip(got, expected) if isinstance(g, int) and e is not None]
         if len(got) != len(expected) or any(g != e for g, e in fixed):
@@ -127,14 +122,17 @@ def check_shapes(shapes: Mapping[str, Sequence], config: InfiniConfig, source: s
             )
 
 
-def check_io(inputs: Collection[str], outputs: Collection[str], source: str) -> None:
-    """Refuse a graph whose input or output names are not the contract's."""
-    missing = [n for n in INPUT_NAMES if n not in inputs]
-    missing += [n for n in OUTPUT_NAMES if n not in outputs]
-    extra = [n for n in inputs if n not in INPUT_NAMES]
-    extra += [n for n in outputs if n not in OUTPUT_NAMES]
+def check_io(
+    inputs: Collection[str], outputs: Collection[str], source: str, spec: StateSpec
+) -> None:
+    """Refuse a graph whose input or output names are not its format version's contract."""
+    missing = [n for n in spec.input_names if n not in inputs]
+    missing += [n for n in spec.output_names if n not in outputs]
+    extra = [n for n in inputs if n not in spec.input_names]
+    extra += [n for n in outputs if n not in spec.output_names]
     if missing or extra:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
         raise ModelFileError(
-            f"{source}: not a step graph: inputs/outputs differ from the contract ({what})"
+            f"{source}: not a step graph of format {spec.version}: inputs/outputs differ from "
+            f"the contract ({what})"
         )

@@ -154,6 +154,50 @@ BUGS = [
         "weights[-n_answer:] = 1.0",
         ("tests/test_training.py",),
     ),
+    # Format 2's local window (issue 25): each caught by the float64 reference, the step graph
+    # against the reference, or the far-position test.
+    Bug(
+        "window-one-token-short",
+        "infini_onnx/model/modeling.py",
+        "ages[:, None, :] + new[None, :, None] <= reach",
+        "ages[:, None, :] + new[None, :, None] < reach",
+        ("tests/test_model.py", "-k", "window_matches"),
+    ),
+    Bug(
+        "window-stops-at-the-segment-start",
+        "infini_onnx/model/modeling.py",
+        "seen = position if c.local_window is not None else position % c.segment_len",
+        "seen = position % c.segment_len",
+        ("tests/test_model.py", "-k", "window_matches"),
+    ),
+    Bug(
+        "ring-write-at-the-wrong-slot",
+        "infini_onnx/runtime/state.py",
+        "slots, kept = ring_slots(position, T, ring.shape[3])",
+        "slots, kept = ring_slots(position + 1, T, ring.shape[3])",
+        ("tests/test_window.py", "-k", "random_chunks"),
+    ),
+    Bug(
+        "commit-drops-the-window",
+        "infini_onnx/stepgraph/state_spec.py",
+        'StateTensor("past_key", "new_key", MODEL, ("B", "L", "G", "K", "d"), RING, None)',
+        'StateTensor("past_key", "new_key", MODEL, ("B", "L", "G", "K", "d"), RING, EMPTY)',
+        ("tests/test_window.py", "-k", "random_chunks"),
+    ),
+    Bug(
+        "positions-drift-with-the-stream",
+        "infini_onnx/model/modeling.py",
+        "cos, sin = rope_cos_sin(K + new, c.head_dim, c.rope_theta, dtype)\n"
+        "    ages = ring_ages(position, K)  # [B, K]: slot j holds the token at position - "
+        "ages[:, j]\n"
+        "    ring_cos, ring_sin = rope_cos_sin(K - ages, c.head_dim, c.rope_theta, dtype)",
+        "cos, sin = rope_cos_sin(position[0] + new, c.head_dim, c.rope_theta, dtype)\n"
+        "    ages = ring_ages(position, K)  # [B, K]: slot j holds the token at position - "
+        "ages[:, j]\n"
+        "    ring_cos, ring_sin = rope_cos_sin(position[:, None] - ages, c.head_dim, "
+        "c.rope_theta, dtype)",
+        ("tests/test_window.py", "-k", "far_positions"),
+    ),
 ]
 
 
