@@ -112,3 +112,22 @@ def test_no_reference_to_a_document_outside_the_repository():
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not pattern.search(line), f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+
+
+def test_the_state_is_spelled_in_one_module():
+    """Every state tensor, its output partner and the position input are named only in
+    stepgraph/state_spec.py (with the shapes and the commit rule); the other modules read the
+    spec. A third format version is then a new spec, not edits in a dozen files."""
+    from infini_onnx.stepgraph.state_spec import SPECS
+
+    names = {"position"}
+    for spec in SPECS.values():
+        names |= {*spec.names, *spec.output_names[1:]}  # not "logits", an output like any
+    spelled = []
+    for module, path in MODULES.items():
+        if module == "infini_onnx.stepgraph.state_spec":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelled.append(f"{module}:{node.lineno} {node.value!r}")
+    assert spelled == [], spelled

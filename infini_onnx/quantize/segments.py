@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from infini_onnx.runtime import InfiniModel, Stream
+from infini_onnx.stepgraph.state_spec import MEMORY_INPUTS
 
 
 @dataclass
@@ -37,4 +38,5 @@ def stream_segments(model: InfiniModel, tokens: np.ndarray) -> Iterator[SegmentR
     for ids in segments(tokens, model.config.segment_len):
         logits = stream.feed(ids, all_logits=True)
         host = stream.state.to_host()
-        yield SegmentResult(logits, host["memory"], host["norm"])
+        memory, norm = MEMORY_INPUTS[:2]  # M and z
+        yield SegmentResult(logits, host[memory], host[norm])

@@ -80,10 +80,12 @@ def served_graph(model: onnx.ModelProto, info: StepGraphInfo) -> onnx.ModelProto
     names = [*spec.names, *([spec.position_input] if spec.position_input else [])]
     # At START the stream is new (no token, zero memory), whatever the buffers hold.
     if spec.position_input:
-        pos = node(before, "Where", [START, zero_i, INPUT_PREFIX + spec.position_input], "position")
+        position = spec.position_input
+        pos = node(before, "Where", [START, zero_i, INPUT_PREFIX + position], position)
         cached = node(before, "Mod", [pos, const("segment_len", [N])], "triton/cached")
     else:  # format 1: the cache holds the current segment's tokens
-        held = node(before, "Shape", [INPUT_PREFIX + "past_key"], "triton/held", start=3, end=4)
+        cache = INPUT_PREFIX + spec.cache_tensors()[0].name
+        held = node(before, "Shape", [cache], "triton/held", start=3, end=4)
         cached = node(before, "Where", [START, zero_i, held], "triton/cached")
     for t in spec.tensors:
         if t.on_commit == EMPTY:  # format 1's cache: keep its P rows
