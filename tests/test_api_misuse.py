@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clirun import infini
 
-from infini_onnx.cli import main
 from infini_onnx.errors import InputError
 from infini_onnx.runtime import InfiniModel, Stream, StreamBatch, session_options
 from infini_onnx.runtime import session as session_module
@@ -25,11 +24,6 @@ from infini_onnx.runtime.device import default_threads
 CORES = default_threads()
 TEXT = "A stream of misused arguments. " * 20
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE
-
-
-def infini(*args: object):
-    """`infini ARGS` in-process."""
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def infini_process(*args: object) -> list[str]:

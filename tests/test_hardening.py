@@ -13,28 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clirun import infini, one_line_error
 from statefiles import read_header, write_header
 
-from infini_onnx.cli import main
 from infini_onnx.errors import InfiniError, InputError, ModelDirError, ModelFileError
 from infini_onnx.runtime import InfiniModel, StateFileError, Stream, StreamBatch
 from infini_onnx.stepgraph.metadata import digest
 from infini_onnx.stepgraph.names import KEY_DIGEST
 
 TEXT = "Hostile users write strange things. " * 10
-
-
-def infini(*args: str):
-    """`infini ARGS` in-process; the exit code and all output."""
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, words: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("error: ") and words in lines[-1], result.output
 
 
 @pytest.fixture(scope="module")

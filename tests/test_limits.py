@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clirun import infini, one_line_error
 from statefiles import read_header, write_header
 
-from infini_onnx.cli import main
 from infini_onnx.config import MAX_SEGMENT_LEN, PRESETS, InfiniConfig, preset_config
 from infini_onnx.errors import InputError, ModelDirError, ModelFileError
 from infini_onnx.runtime import InfiniModel, StateFileError, Stream, statefile
@@ -28,18 +27,6 @@ from infini_onnx.stepgraph.names import KEY_CONFIG, KEY_DIGEST
 ADDRESS_SPACE = 4 << 30  # a capped CLI run: an export takes 1.2 GB, the refusals far less
 HUGE = 10**400  # a 401-digit integer
 MAX_TOKENS = 2**63 - 1  # what a state file's I64 tokens_seen stores
-
-
-def infini(*args: object):
-    """`infini ARGS` in-process; the exit code and all output."""
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, words: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("error: ") and words in lines[-1], result.output
 
 
 def capped_one_line_error(words: str, *args: object) -> None:
