@@ -55,11 +55,12 @@ class Layout:
 
 
 class _Lease:
-    """Which state may write a ring in place: the last one advanced (shared by the states
-    that share the ring)."""
+    """Which state may use a ring written in place: the newest one advanced from it (states
+    count their generation; an integer, not a reference, so that no cycle keeps a dropped
+    stream's tensors alive until the garbage collector runs)."""
 
-    def __init__(self, holder: State | None = None):
-        self.holder = holder
+    def __init__(self) -> None:
+        self.newest = 0
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,7 @@ class State:
     logits: np.ndarray | None  # [B, V] float32: next-token logits; None before any token
     layout: Layout = field(repr=False, compare=False)
     lease: _Lease = field(default_factory=_Lease, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.lease.holder is None:
-            self.lease.holder = self
+    generation: int = field(default=0, repr=False, compare=False)
 
     @property
     def batch(self) -> int:
@@ -117,8 +115,8 @@ class State:
                 tensors[t.name] = np.zeros(*self.layout.shapes(self.batch, 0)[t.name])
             elif cached == 0 and t.on_commit:
                 tensors[t.name] = out.state[t.on_commit]
-        state = State(tensors, cached, seen, last, self.layout, self.lease)
-        self.lease.holder = state  # this state's ring now holds the new rows: it is spent
+        state = State(tensors, cached, seen, last, self.layout, self.lease, self.generation + 1)
+        self.lease.newest = state.generation  # this state's ring holds the new rows: it is spent
         return state
 
     def copy(self) -> State:
@@ -136,7 +134,7 @@ class State:
             ring[b][:, :, slots] = rows[b, :, :, T - kept :]  # ring[b] is a view
 
     def _check_live(self) -> None:
-        if self.lease.holder is not self:
+        if self.generation != self.lease.newest:
             raise InputError(
                 "this state was advanced: its window was written in place by a later call "
                 "(fork() the stream to keep a state to come back to)"
