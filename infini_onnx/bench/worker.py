@@ -100,13 +100,13 @@ def sweep(job: dict, out: Path) -> None:
             "decode_ms": summary([t * 1e3 for t in decode]),
             "peak_rss": peak_rss_bytes(),
         }
-        if job["system"]["type"] == "ort":  # one step at each end of a segment, 9 times
-            ends = {after: [system.decode(1, after)[0] * 1e3 for _ in range(9)]
-                    for after in (0, system.chunk - 1)}  # fmt: skip
-            p["decode_segment_ms"] = {
-                "first": summary(ends[0]),
-                "last": summary(ends[system.chunk - 1]),
-            }
+        if job["system"]["type"] == "ort":
+            # The second of two steps, each after a fork fed N - 1 or N - 2 tokens: the step at
+            # a segment's first position (of the next segment) or at its last, warmed alike.
+            N = system.chunk
+            ends = {after: [system.decode(2, after)[1] * 1e3 for _ in range(9)]
+                    for after in (N - 1, N - 2)}  # fmt: skip
+            p["decode_segment_ms"] = {"first": summary(ends[N - 1]), "last": summary(ends[N - 2])}
         result["points"].append(p)
         write(out, result)
         print(
