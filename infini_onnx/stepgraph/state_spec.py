@@ -1,10 +1,11 @@
 """The state contract of each step-graph format version: every tensor a stream carries between
 graph calls, its output partner, dtype class, shape, and what a call and a segment's commit do
-to it (docs/design.md, "The state").
+to it (docs/design.md, "The step graph" and "The runtime loop").
 
 This is the one place the state is spelled. The reference model's loop, the exporter (example
-inputs, dynamic axes), the metadata check, the runtime State, state files, the Triton wrapper
-and the serve journal all read a `StateSpec`; a new format version is a new spec here.
+inputs, dynamic axes), the metadata check, the runtime State, state files (and so the serve
+journal's checkpoints), the Triton wrapper and the quantiser read a `StateSpec`; a new format
+version is a new spec here.
 
 Pure Python (no numpy): the runtime and the exporter both import it.
 """
