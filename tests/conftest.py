@@ -70,3 +70,11 @@ def onnx_factory(model_dir_factory, tmp_path_factory):
 def tiny_onnx(onnx_factory):
     """The default tiny model (delta rule, GQA): (model_dir, onnx_path)."""
     return onnx_factory()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_onnx):
+    """The default tiny model in the runtime (one per test module: some tests patch it)."""
+    from infini_onnx.runtime import InfiniModel
+
+    return InfiniModel(tiny_onnx[1], threads=1)

@@ -24,11 +24,6 @@ from infini_onnx.stepgraph.names import KEY_DIGEST
 TEXT = "Hostile users write strange things. " * 10
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_onnx):
-    return InfiniModel(tiny_onnx[1], threads=1)
-
-
 @pytest.fixture()
 def text_file(tmp_path):
     path = tmp_path / "t.txt"

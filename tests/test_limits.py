@@ -78,11 +78,6 @@ def config_edit(**changes) -> Callable[[dict[str, str]], None]:
     return edit
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_onnx):
-    return InfiniModel(tiny_onnx[1], threads=1)
-
-
 @pytest.fixture()
 def text_file(tmp_path):
     path = tmp_path / "t.txt"

@@ -230,11 +230,6 @@ token_inputs = st.one_of(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_onnx):
-    return InfiniModel(tiny_onnx[1], threads=1)
-
-
 @settings(FAST, max_examples=300)
 @given(token_inputs)
 def test_feed_inputs(tiny_model, tokens):

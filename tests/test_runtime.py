@@ -29,11 +29,6 @@ def reference_run(model_dir: Path, ids: list[int], new_tokens: int = 0):
     return logits[0, : len(ids)].numpy(), generated, logits[0, -1].numpy()
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_onnx):
-    return InfiniModel(tiny_onnx[1], threads=1)
-
-
 def random_ids(n: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(0, 258, n).tolist()
 

@@ -63,11 +63,6 @@ def poison_embedding(token: int):
     return edit
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_onnx):
-    return InfiniModel(tiny_onnx[1], threads=1)
-
-
 @pytest.mark.parametrize(
     "tokens, message",
     [

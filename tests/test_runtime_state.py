@@ -14,11 +14,6 @@ from infini_onnx.runtime import InfiniModel, StateFileError, Stream
 SAMPLING = dict(max_new_tokens=40, temperature=0.9, top_k=50, seed=3, stop=())
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_onnx):
-    return InfiniModel(tiny_onnx[1], threads=1)
-
-
 def fed_stream(model: InfiniModel, n: int = 50):
     stream = Stream(model)
     stream.feed(np.random.default_rng(0).integers(0, 258, n))
