@@ -14,14 +14,16 @@ import multiprocessing
 import os
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+
 from infini_onnx import __version__, modeldir, passkey
 from infini_onnx.errors import InfiniError, InputError
-from infini_onnx.runtime import InfiniModel, Stream
+from infini_onnx.runtime import InfiniModel, Stream, StreamBatch
 from infini_onnx.runtime.device import default_threads
 from infini_onnx.runtime.progress import Progress, rss_bytes
 from infini_onnx.stepgraph.state_spec import LATEST
@@ -100,7 +102,7 @@ class Trial:
 
     @property
     def correct(self) -> bool:
-        return self.answer.strip().rstrip(".") == self.key
+        return correct(self.answer, self.key)
 
 
 def run_trial(
@@ -190,6 +192,36 @@ def check_jobs(jobs: int) -> None:
         )
 
 
+def run_cell(model: InfiniModel, length: int, depth: float, keys: list[str]) -> list[str]:
+    """The greedy answers to haystacks of one length and depth, one per key: the text before the
+    needle (the same for every key) is fed once, then a batch of one stream per key takes the
+    needle, the rest and the question. Each answer equals `run_trial`'s on the same haystack up
+    to the float rounding of batched kernels (none for a row-by-row variant such as int8)."""
+    tokenizer = model.tokenizer
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    before, after = passkey.around_needle(length, depth)
+    shared = Stream(model)
+    head = [ids for ids in map(encode, before) if ids]
+    if head:
+        shared.feed(head)
+    batch = StreamBatch([shared.fork() for _ in keys])
+    batch.feed(np.array([encode(passkey.needle(key)) for key in keys]))
+    batch.feed(np.tile(ids, (len(keys), 1)) for ids in map(encode, after))
+    n_answer = len(encode(passkey.answer(keys[0])))
+    tokens = np.stack(list(batch.generate(n_answer, temperature=0)), axis=1)  # [B, n_answer]
+    return [tokenizer.decode(row.tolist()) for row in tokens]
+
+
+def cell_keys(seed: int, length: int, depth: float, trials: int) -> list[str]:
+    """The pass keys of a sweep cell."""
+    rng = random.Random(f"{seed}:{length}:{depth}")
+    return [passkey.random_key(rng) for _ in range(trials)]
+
+
+def correct(answer: str, key: str) -> bool:
+    return answer.strip().rstrip(".") == key
+
+
 _worker_model: InfiniModel | None = None
 
 
@@ -198,9 +230,46 @@ def _start_worker(path: str, threads: int | None) -> None:
     _worker_model = open_model(path, threads)
 
 
-def _worker_trial(job: tuple[int, float, str]) -> bool:
+def _worker_cell(job: tuple[int, float, list[str]]) -> int:
     assert _worker_model is not None
-    return run_trial(_worker_model, *job).correct
+    return sum(map(correct, run_cell(_worker_model, *job), job[2]))
+
+
+def run_cells(
+    model_path: str | Path,
+    cells: dict,
+    jobs: int = 1,
+    threads: int | None = None,
+    done=lambda name, hits: None,
+) -> dict:
+    """Hits per cell of {name: (length, depth, keys)}, each one `run_cell`; `jobs` worker
+    processes (each with its own ONNX Runtime session of `threads` intra-op threads, default 1
+    when jobs > 1) take the costliest cells first. done(name, hits) as each cell ends."""
+    check_jobs(jobs)
+    hits = {}
+    if jobs == 1:
+        _start_worker(str(model_path), threads)
+        for name, job in cells.items():
+            hits[name] = _worker_cell(job)
+            done(name, hits[name])
+        return hits
+    pool = ProcessPoolExecutor(  # spawn: forking a process with thread pools can deadlock
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(str(model_path), threads or 1),
+    )
+    cost = lambda job: job[0] * (1 + (len(job[2]) - 1) * (1 - job[1]))  # noqa: E731 tokens
+    try:
+        order = sorted(cells, key=lambda name: cost(cells[name]), reverse=True)
+        futures = {pool.submit(_worker_cell, cells[name]): name for name in order}
+        for future in as_completed(futures):
+            name = futures[future]
+            hits[name] = future.result()
+            done(name, hits[name])
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return hits
 
 
 def sweep(
@@ -215,40 +284,24 @@ def sweep(
 ) -> dict[int, dict[str, float]]:
     """Accuracy per (length, depth) cell, `trials` random keys each (the paper's Table 3).
 
-    The keys depend on the seed alone; `jobs` worker processes (each with its own ONNX Runtime
-    session of `threads` intra-op threads, default 1 when jobs > 1) share the trials out;
-    jobs is at most the cores this process may use.
+    A cell's keys depend on the seed, its length and depth alone (`cell_keys`), so that every
+    sweep and variant that has the cell answers the same haystacks. The cells run as
+    `run_cells` runs them.
     """
     check_jobs(jobs)
     for length in lengths:
         check_length(length)  # refuse a length too short before any work
-    rng = random.Random(seed)
-    cells = [(n, name) for n in lengths for name in depths]
-    planned = [
-        (n, depths[name], passkey.random_key(rng)) for n, name in cells for _ in range(trials)
-    ]
-    if jobs > 1:
-        pool = ProcessPoolExecutor(  # spawn: forking a process with thread pools can deadlock
-            jobs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(str(model_path), threads or 1),
-        )
-        results = pool.map(_worker_trial, planned, chunksize=1)
-    else:
-        pool = None
-        _start_worker(str(model_path), threads)
-        results = map(_worker_trial, planned)
-    table: dict[int, dict[str, float]] = {n: {} for n in lengths}
-    try:
-        for n, name in cells:
-            hits = sum(next(results) for _ in range(trials))
-            table[n][name] = hits / trials
-            log(f"length {n:>9,}  depth {name:<6}  {hits}/{trials}")
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return table
+    cells = {
+        (n, name): (n, depths[name], cell_keys(seed, n, depths[name], trials))
+        for n in lengths
+        for name in depths
+    }
+
+    def done(cell: tuple[int, str], hits: int) -> None:
+        log(f"length {cell[0]:>9,}  depth {cell[1]:<6}  {hits}/{trials}")
+
+    hits = run_cells(model_path, cells, jobs, threads, done)
+    return {n: {name: hits[n, name] / trials for name in depths} for n in lengths}
 
 
 def format_table(table: dict[int, dict[str, float]], trials: int) -> str:

@@ -14,11 +14,17 @@ FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 )
 QUESTION = "What is the pass key? The pass key is"
+DEMO_LENGTH, DEMO_DEPTH = 1_000_000, 0.5  # `infini demo passkey` with no arguments
 
 
 def random_key(rng: random.Random) -> str:
     """A 5-digit pass key."""
     return f"{rng.randrange(10000, 100000)}"
+
+
+def demo_key(seed: int) -> str:
+    """The pass key of `infini demo passkey --seed SEED`."""
+    return random_key(random.Random(seed))
 
 
 def needle(key: str) -> str:
@@ -37,16 +43,32 @@ def haystack(length: int, depth: float, key: str, chunk_repeats: int = 64) -> It
     filler, then QUESTION. The stream opens with the tail of a filler sentence so that the length
     is exact: every length puts the question at its own offset within a segment.
     """
+    before, after = around_needle(length, depth, chunk_repeats)
+    yield from before
+    yield needle(key)
+    yield from after
+
+
+def around_needle(
+    length: int, depth: float, chunk_repeats: int = 64
+) -> tuple[Iterator[str], Iterator[str]]:
+    """The chunks of `haystack(length, depth, key)` before and after the needle: the same for
+    every key, so that trials of one length and depth can share the text before it."""
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     repeats, partial = divmod(haystack_room(length), len(FILLER))
     before = round(depth * repeats)
-    if partial:
-        yield FILLER[len(FILLER) - partial :]
-    yield from _filler(before, chunk_repeats)
-    yield needle(key)
-    yield from _filler(repeats - before, chunk_repeats)
-    yield QUESTION
+
+    def head() -> Iterator[str]:
+        if partial:
+            yield FILLER[len(FILLER) - partial :]
+        yield from _filler(before, chunk_repeats)
+
+    def tail() -> Iterator[str]:
+        yield from _filler(repeats - before, chunk_repeats)
+        yield QUESTION
+
+    return head(), tail()
 
 
 def haystack_room(length: int) -> int:

@@ -14,13 +14,13 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from infini_onnx import passkey
+from infini_onnx import modeldir, passkey
 from infini_onnx.config import preset_config
 from infini_onnx.model import InfiniLlamaForCausalLM
 from infini_onnx.model.modeling import sigma
@@ -55,6 +55,10 @@ class TrainConfig:
     curriculum_steps: int = 1100  # then the longest sequence grows to max_len over these steps
     virtual_max: float = 1.0  # filler writes count c times, c log-uniform in [1, virtual_max]
     cross_answer: float = 0.0  # share of batches where a segment boundary splits the answer
+    real_share: float = 0.0  # share of batches of real streams: c = 1, the needle at any depth
+    real_min: int = 1024  # their lengths, log-uniform in [real_min, real_max] bytes
+    real_max: int = 8192
+    real_batch_size: int = 4  # their rows (they are longer than the others)
     log_every: int = 10
     eval_every: int = 400
     eval_lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
@@ -63,6 +67,7 @@ class TrainConfig:
     threads: int = 2
     device: str = "cpu"  # "cuda" runs faster but its results differ in the last bits from CPU's
     init_from: str = ""  # a model directory to continue training (default: a fresh model)
+    local_window: int = 0  # W of the local window (0: keep the model's; docs/training.md)
 
 
 def encode(text: str) -> list[int]:
@@ -71,17 +76,19 @@ def encode(text: str) -> list[int]:
 
 
 def make_sample(
-    rng: random.Random, length: int, segment_len: int, virtual: float
+    rng: random.Random, length: int, segment_len: int, virtual: float, gap: int | None = None
 ) -> tuple[list[int], list[float]]:
     """One pass-key sample of exactly `length` bytes (haystack and answer) and the memory-write
     weight of each byte: `virtual` for filler, 1 for the needle, question and answer.
 
-    The needle sits at a random depth but at least a segment of filler before the question, so
-    the answer has to come through the memory."""
+    The needle sits at a random depth but at least `gap` bytes of filler (default: a segment)
+    before the question, so that the answer has to come through the memory; gap 0 lets it sit
+    anywhere, even inside the question's own window."""
     key = passkey.random_key(rng)
     prompt_len = length - len(passkey.answer(key))
     repeats = passkey.haystack_room(prompt_len) // len(passkey.FILLER)
-    fewest = -(-segment_len // len(passkey.FILLER))  # whole repeats after the needle
+    gap = segment_len if gap is None else gap
+    fewest = -(-gap // len(passkey.FILLER))  # whole repeats after the needle
     if repeats < fewest:
         raise ValueError(f"a {length}-byte sample has no room for a segment of filler")
     depth = rng.uniform(0.0, (repeats - fewest) / repeats)
@@ -99,11 +106,21 @@ def make_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Input ids, next-token targets and write weights [B, S] (weights None when all are 1).
 
-    With probability cfg.cross_answer the length grows so that a segment boundary falls inside
-    the answer or the question's last 12 bytes: the new segment then starts with an empty local
-    context (or one that reads like filler: "y is" of "sky is") and the rest of the question
-    and answer must come through the memory."""
+    With probability cfg.real_share the batch is one of real streams instead: cfg.real_batch_size
+    rows of a length log-uniform in [cfg.real_min, cfg.real_max], every write counting once,
+    the needle at any depth (docs/training.md). Otherwise, with probability cfg.cross_answer,
+    the length grows so that a segment boundary falls inside the answer or the question's last
+    12 bytes: without a local window the new segment then starts with an empty local context
+    (or one that reads like filler: "y is" of "sky is") and the rest of the question and answer
+    must come through the memory."""
     n_answer = len(passkey.answer("00000"))
+    if rng.random() < cfg.real_share:
+        length = round(math.exp(rng.uniform(math.log(cfg.real_min), math.log(cfg.real_max))))
+        rows = [
+            make_sample(rng, length, segment_len, 1.0, gap=0)[0] for _ in range(cfg.real_batch_size)
+        ]
+        ids = torch.tensor(rows)
+        return ids[:, :-1], ids[:, 1:], None
     if rng.random() < cfg.cross_answer:
         cut = rng.randint(-12, n_answer - 2)  # the answer byte (< 0: question byte) opening it
         length += -(length - n_answer + cut) % segment_len
@@ -213,9 +230,15 @@ def train_passkey(
     torch.set_flush_denormal(True)  # sigma = elu + 1 makes tiny values; denormals are slow
     rng = random.Random(cfg.seed)
     if cfg.init_from:
-        model = InfiniLlamaForCausalLM.from_pretrained(cfg.init_from)
+        config = modeldir.load_config(cfg.init_from)
     else:
-        model = InfiniLlamaForCausalLM(preset_config("tiny", **PASSKEY_MODEL))
+        config = preset_config("tiny", **PASSKEY_MODEL)
+    if cfg.local_window:
+        config = replace(config, local_window=cfg.local_window)
+    model = InfiniLlamaForCausalLM(config)
+    if cfg.init_from:
+        model.load_state_dict(InfiniLlamaForCausalLM.from_pretrained(cfg.init_from).state_dict())
+    else:
         model.init_weights(cfg.seed)
     model.to(cfg.device).train()
     gates = [p for n, p in model.named_parameters() if n.endswith("self_attn.gate")]

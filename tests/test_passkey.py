@@ -46,6 +46,7 @@ def test_training_is_deterministic_and_writes_a_loadable_model(tmp_path):
         eval_lengths=[300],
         eval_trials=1,
         threads=1,
+        local_window=40,
     )
     logs: list[str] = []
     train_passkey(tmp_path / "a", cfg, log=logs.append)
@@ -59,6 +60,7 @@ def test_training_is_deterministic_and_writes_a_loadable_model(tmp_path):
         fresh.model.layers[0].self_attn.q_proj.weight, a.model.layers[0].self_attn.q_proj.weight
     )
     assert any(line.startswith("eval 300:") for line in logs)
+    assert a.config.local_window == 40  # trained with the window it is saved with
     assert (tmp_path / "a" / "training.json").is_file()
     assert (tmp_path / "a" / "tokenizer.json").is_file()
 
@@ -137,6 +139,22 @@ def test_sweep_in_worker_processes_matches_one_process(tiny_onnx):
     _, onnx_path = tiny_onnx
     args = (onnx_path, [300, 401], {"start": 0.0, "end": 1.0}, 2, 3)
     assert demo.sweep(*args, jobs=2, log=lambda _: None) == demo.sweep(*args, log=lambda _: None)
+
+
+def test_a_cell_answers_as_its_trials_one_by_one(shipped_int8, tiny_onnx):
+    """run_cell feeds the text before the needle once for all keys: every key's answer is
+    the one its own trial gives (int8 runs a batch row by row, so exactly), at a depth where
+    the shared text is empty and at others, on the shipped model and on a random one."""
+    from infini_onnx.runtime import InfiniModel
+
+    keys = ["54321", "10987", "77777"]
+    for path, length in ((shipped_int8, 1_337), (tiny_onnx[1], 421)):
+        model = InfiniModel(path, threads=1)
+        for depth in (0.0, 0.4, 1.0):
+            alone = [demo.run_trial(model, length, depth, key).answer for key in keys]
+            assert demo.run_cell(model, length, depth, keys) == alone, (path, depth)
+    model = InfiniModel(shipped_int8, threads=1)
+    assert demo.run_cell(model, 1_337, 0.4, keys) == [passkey.answer(key) for key in keys]
 
 
 def test_demo_cli_grid_sweep_writes_rows_summary_and_json(tiny_onnx, tmp_path):

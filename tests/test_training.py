@@ -78,6 +78,28 @@ def test_cross_answer_batches_put_a_segment_boundary_in_the_answer():
     assert make_batch(rng, plain, 2, 500, 64)[2] is None  # no weights: the plain write
 
 
+def test_real_stream_batches_write_once_with_the_needle_anywhere():
+    """real_share batches: real_batch_size rows of one length in [real_min, real_max], no write
+    weights, and needles at every depth, also right before the question (inside its window)."""
+    rng = random.Random(2)
+    cfg = TrainConfig(
+        virtual_max=1000.0, real_share=1.0, real_min=500, real_max=700, real_batch_size=3
+    )
+    gaps, lengths = [], set()
+    for _ in range(15):
+        ids, targets, weights = make_batch(rng, cfg, 8, 300, 64)
+        assert ids.shape[0] == 3 and weights is None
+        length = ids.shape[1] + 1
+        assert 500 <= length <= 700
+        lengths.add(length)
+        for row in torch.cat([ids, targets[:, -1:]], dim=1).tolist():
+            text = bytes(row).decode()
+            key = text[-6:-1]
+            needle_end = text.index(passkey.needle(key)) + len(passkey.needle(key))
+            gaps.append(length - len(passkey.answer(key)) - len(passkey.QUESTION) - needle_end)
+    assert min(gaps) == 0 and max(gaps) > 400 and len(lengths) > 5
+
+
 def test_rho_matches_a_direct_computation_in_layer0(model_dir_factory):
     """Layer 0's queries and keys come from the embeddings alone: recompute rho from them."""
     model = from_pretrained(model_dir_factory("linear", gqa=False))

@@ -8,6 +8,9 @@ import sys
 import click
 
 from infini_onnx.cli.common import one_line_errors
+from infini_onnx.passkey import DEMO_DEPTH, DEMO_LENGTH
+
+DEFAULT_DEPTHS = "start,0.25,middle,0.75,end"
 
 
 @click.group("demo")
@@ -18,12 +21,12 @@ def demo_group() -> None:
 @demo_group.command("passkey")
 @click.argument("model", required=False)
 @click.option(
-    "--length", type=int, default=1_000_000, show_default=True, help="Stream length in tokens."
+    "--length", type=int, default=DEMO_LENGTH, show_default=True, help="Stream length in tokens."
 )
 @click.option(
     "--depth",
     type=click.FloatRange(0, 1),
-    default=0.5,
+    default=DEMO_DEPTH,
     show_default=True,
     help="Where the pass key sits: 0 = start, 1 = end.",
 )
@@ -31,7 +34,7 @@ def demo_group() -> None:
 @click.option("--sweep", is_flag=True, help="Accuracy table over --lengths (or --grid) x --depths.")
 @click.option(
     "--lengths",
-    default="4096,16384,65536,262144,1048576",
+    default="1024,2048,4096,8192,16384,65536,262144,1048576",
     show_default=True,
     help="Sweep lengths, comma separated.",
 )
@@ -43,9 +46,9 @@ def demo_group() -> None:
 )
 @click.option(
     "--depths",
-    default="start,middle,end",
-    show_default=True,
-    help="Sweep depths: start, middle, end or numbers in [0, 1].",
+    default=None,
+    help="Sweep depths: start, middle, end or numbers in [0, 1] "
+    "[default: start,0.25,middle,0.75,end; start,middle,end with --grid].",
 )
 @click.option(
     "--trials", type=click.IntRange(1), default=20, show_default=True, help="Sweep trials per cell."
@@ -79,7 +82,7 @@ def passkey_command(
     sweep: bool,
     lengths: str,
     grid: str | None,
-    depths: str,
+    depths: str | None,
     trials: int,
     jobs: int,
     threads: int | None,
@@ -93,7 +96,6 @@ def passkey_command(
     accuracy over many lengths and depths (--seed chooses the keys).
     """
     import json
-    import random
     from pathlib import Path
 
     from infini_onnx import demo, passkey
@@ -109,7 +111,7 @@ def passkey_command(
     check_threads(threads)  # before a model directory is exported
     if sweep:
         sizes = demo.parse_lengths(lengths, grid)
-        where = demo.parse_depths(depths)
+        where = demo.parse_depths(depths or ("start,middle,end" if grid else DEFAULT_DEPTHS))
         demo.check_jobs(jobs)
     demo.check_length(length)
     path = demo.resolve_model(model, log=click.echo)
@@ -125,7 +127,7 @@ def passkey_command(
                 tmp.write_text(json.dumps(record, indent=2) + "\n")
             click.echo(f"wrote {json_path}")
         return
-    key = passkey.random_key(random.Random(seed))
+    key = passkey.demo_key(seed)
     trial = demo.run_trial(runtime, length, depth, key, out=sys.stderr)
     mb = 2**20
     click.echo(f"pass key {key} at depth {depth:.2f} of {trial.tokens:,} tokens")
