@@ -59,6 +59,7 @@ class TrainConfig:
     real_min: int = 1024  # their lengths, log-uniform in [real_min, real_max] bytes
     real_max: int = 8192
     real_batch_size: int = 4  # their rows (they are longer than the others)
+    near_share: float = 0.0  # share of the other batches with the needle right before the question
     log_every: int = 10
     eval_every: int = 400
     eval_lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
@@ -76,14 +77,20 @@ def encode(text: str) -> list[int]:
 
 
 def make_sample(
-    rng: random.Random, length: int, segment_len: int, virtual: float, gap: int | None = None
+    rng: random.Random,
+    length: int,
+    segment_len: int,
+    virtual: float,
+    gap: int | None = None,
+    near: bool = False,
 ) -> tuple[list[int], list[float]]:
     """One pass-key sample of exactly `length` bytes (haystack and answer) and the memory-write
     weight of each byte: `virtual` for filler, 1 for the needle, question and answer.
 
     The needle sits at a random depth but at least `gap` bytes of filler (default: a segment)
     before the question, so that the answer has to come through the memory; gap 0 lets it sit
-    anywhere, even inside the question's own window."""
+    anywhere, even inside the question's own window. `near` puts it right before the question
+    or one filler sentence before: partly in the window, partly only in the memory."""
     key = passkey.random_key(rng)
     prompt_len = length - len(passkey.answer(key))
     repeats = passkey.haystack_room(prompt_len) // len(passkey.FILLER)
@@ -91,7 +98,10 @@ def make_sample(
     fewest = -(-gap // len(passkey.FILLER))  # whole repeats after the needle
     if repeats < fewest:
         raise ValueError(f"a {length}-byte sample has no room for a segment of filler")
-    depth = rng.uniform(0.0, (repeats - fewest) / repeats)
+    if near:
+        depth = (repeats - rng.randint(0, min(1, repeats))) / repeats
+    else:
+        depth = rng.uniform(0.0, (repeats - fewest) / repeats)
     text = "".join(passkey.haystack(prompt_len, depth, key)) + passkey.answer(key)
     weights = [virtual] * len(text)
     start = text.index(passkey.needle(key))
@@ -108,11 +118,12 @@ def make_batch(
 
     With probability cfg.real_share the batch is one of real streams instead: cfg.real_batch_size
     rows of a length log-uniform in [cfg.real_min, cfg.real_max], every write counting once,
-    the needle at any depth (docs/training.md). Otherwise, with probability cfg.cross_answer,
-    the length grows so that a segment boundary falls inside the answer or the question's last
-    12 bytes: without a local window the new segment then starts with an empty local context
-    (or one that reads like filler: "y is" of "sky is") and the rest of the question and answer
-    must come through the memory."""
+    the needle at any depth (docs/training.md). Otherwise, with probability cfg.near_share, the
+    needle ends at most one filler sentence before the question; with probability
+    cfg.cross_answer, the length grows so that a segment boundary falls inside the answer or the
+    question's last 12 bytes: without a local window the new segment then starts with an empty
+    local context (or one that reads like filler: "y is" of "sky is") and the rest of the
+    question and answer must come through the memory."""
     n_answer = len(passkey.answer("00000"))
     if rng.random() < cfg.real_share:
         length = round(math.exp(rng.uniform(math.log(cfg.real_min), math.log(cfg.real_max))))
@@ -121,13 +132,15 @@ def make_batch(
         ]
         ids = torch.tensor(rows)
         return ids[:, :-1], ids[:, 1:], None
+    near = rng.random() < cfg.near_share
     if rng.random() < cfg.cross_answer:
         cut = rng.randint(-12, n_answer - 2)  # the answer byte (< 0: question byte) opening it
         length += -(length - n_answer + cut) % segment_len
     log_c = math.log(cfg.virtual_max)
     rows, weights = [], []
     for _ in range(batch):
-        ids, w = make_sample(rng, length, segment_len, math.exp(rng.uniform(0.0, log_c)))
+        c = math.exp(rng.uniform(0.0, log_c))
+        ids, w = make_sample(rng, length, segment_len, c, gap=0 if near else None, near=near)
         rows.append(ids)
         weights.append(w)
     ids = torch.tensor(rows)

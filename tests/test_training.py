@@ -100,6 +100,21 @@ def test_real_stream_batches_write_once_with_the_needle_anywhere():
     assert min(gaps) == 0 and max(gaps) > 400 and len(lengths) > 5
 
 
+def test_near_batches_end_the_needle_at_most_a_sentence_before_the_question():
+    rng = random.Random(3)
+    cfg = TrainConfig(virtual_max=1000.0, near_share=1.0)
+    gaps = set()
+    for length in (300, 555, 1500, 4000):
+        ids, targets, weights = make_batch(rng, cfg, 6, length, 64)
+        assert weights is not None and float(weights.max()) > 1.0  # still virtual length
+        for row in torch.cat([ids, targets[:, -1:]], dim=1).tolist():
+            text = bytes(row).decode()
+            key = text[-6:-1]
+            needle_end = text.index(passkey.needle(key)) + len(passkey.needle(key))
+            gaps.add(length - len(passkey.answer(key)) - len(passkey.QUESTION) - needle_end)
+    assert gaps == {0, len(passkey.FILLER)}
+
+
 def test_rho_matches_a_direct_computation_in_layer0(model_dir_factory):
     """Layer 0's queries and keys come from the embeddings alone: recompute rho from them."""
     model = from_pretrained(model_dir_factory("linear", gqa=False))
