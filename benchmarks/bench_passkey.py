@@ -8,8 +8,7 @@ a haystack stream), then prints and writes (--out DIR: results.md, results.json)
   stream): top-1 agreement with fp32 and the final memory error;
 - pass-key accuracy per length and depth: --lengths with --trials per cell and --long-lengths
   with --long-trials, at --depths; a fine grid (--grid) and every question offset within a
-  segment (--offset-segments), at start, middle and end, --grid-trials and --offset-trials
-  per cell;
+  segment (--offset-segments), at --grid-depths, --grid-trials and --offset-trials per cell;
 - the demo's default run (1M tokens, depth 0.5) for --seed 0 to --demo-seeds - 1;
 - the largest difference between two variants in any cell both have (--include adds the
   variants of an earlier results.json, e.g. an int8 run, to compare with).
@@ -93,7 +92,8 @@ def main() -> None:
     parser.add_argument("--long-lengths", default="1048576")
     parser.add_argument("--long-trials", type=int, default=5)
     parser.add_argument("--grid", default="1000:8200:97")
-    parser.add_argument("--grid-trials", type=int, default=1, help="per depth: start, middle, end")
+    parser.add_argument("--grid-trials", type=int, default=1)
+    parser.add_argument("--grid-depths", default="start,middle,end", help="grid and offsets")
     parser.add_argument(
         "--offset-segments",
         default="16,64,256",
@@ -114,12 +114,13 @@ def main() -> None:
     built = build_variants(args.model_dir, args.workdir, variants, args.eval_segments)
     segment_len = load_config(args.model_dir).segment_len
     depths = demo.parse_depths(args.depths)
+    grid_depths = demo.parse_depths(args.grid_depths)
     offset_sizes = demo.parse_lengths(args.offset_segments, None)
     plans = [
         ("table", demo.parse_lengths(args.lengths, None), depths, args.trials),
         ("long", demo.parse_lengths(args.long_lengths, None), depths, args.long_trials),
-        ("grid", demo.parse_lengths(None, args.grid), demo.DEPTHS, args.grid_trials),
-        ("offsets", offset_lengths(segment_len, offset_sizes), demo.DEPTHS, args.offset_trials),
+        ("grid", demo.parse_lengths(None, args.grid), grid_depths, args.grid_trials),
+        ("offsets", offset_lengths(segment_len, offset_sizes), grid_depths, args.offset_trials),
     ]
     results: dict = {"command": {k: str(v) for k, v in vars(args).items()}, "variants": {}}
     if args.include:

@@ -94,7 +94,7 @@ class Trial:
     depth: float
     key: str
     answer: str
-    tokens: int
+    tokens: int  # the haystack's (the answer's tokens, fed back while generating, not counted)
     seconds: float
     rss_warm: int  # resident memory after WARM_TOKENS (ONNX Runtime's buffers all allocated)
     rss_end: int  # after the whole haystack
@@ -135,9 +135,8 @@ def run_trial(
     seconds = time.perf_counter() - start
     answer = tokenizer.decode(ids)
     if rss_warm is None:
-        rss_warm, warm_tokens = rss_end, stream.tokens_seen
-    tokens = stream.tokens_seen
-    return Trial(length, depth, key, answer, tokens, seconds, rss_warm, rss_end, warm_tokens)
+        rss_warm, warm_tokens = rss_end, fed
+    return Trial(length, depth, key, answer, fed, seconds, rss_warm, rss_end, warm_tokens)
 
 
 def parse_lengths(lengths: str | None, grid: str | None) -> list[int]:
