@@ -86,14 +86,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=None, help="write results.md and .json here")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--depths", default="start,0.25,middle,0.75,end", help="table and long")
+    parser.add_argument("--depths", default=passkey.SWEEP_DEPTHS, help="table and long")
     parser.add_argument("--lengths", default="1024,2048,4096,8192,16384,65536,262144")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--long-lengths", default="1048576")
     parser.add_argument("--long-trials", type=int, default=5)
     parser.add_argument("--grid", default="1000:8200:97")
     parser.add_argument("--grid-trials", type=int, default=1)
-    parser.add_argument("--grid-depths", default="start,middle,end", help="grid and offsets")
+    parser.add_argument("--grid-depths", default=passkey.GRID_DEPTHS, help="grid and offsets")
     parser.add_argument(
         "--offset-segments",
         default="16,64,256",

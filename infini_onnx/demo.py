@@ -287,9 +287,8 @@ def sweep(
     sweep and variant that has the cell answers the same haystacks. The cells run as
     `run_cells` runs them.
     """
-    check_jobs(jobs)
     for length in lengths:
-        check_length(length)  # refuse a length too short before any work
+        check_length(length)  # refuse a length too short before any work (run_cells: jobs)
     cells = {
         (n, name): (n, depths[name], cell_keys(seed, n, depths[name], trials))
         for n in lengths

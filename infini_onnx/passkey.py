@@ -15,6 +15,8 @@ FILLER = (
 )
 QUESTION = "What is the pass key? The pass key is"
 DEMO_LENGTH, DEMO_DEPTH = 1_000_000, 0.5  # `infini demo passkey` with no arguments
+SWEEP_DEPTHS = "start,0.25,middle,0.75,end"  # a sweep's depths by default (the table)
+GRID_DEPTHS = "start,middle,end"  # a fine grid's (many lengths, so fewer depths)
 
 
 def random_key(rng: random.Random) -> str:

@@ -14,13 +14,13 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from infini_onnx import modeldir, passkey
+from infini_onnx import passkey
 from infini_onnx.config import preset_config
 from infini_onnx.model import InfiniLlamaForCausalLM
 from infini_onnx.model.modeling import sigma
@@ -242,16 +242,11 @@ def train_passkey(
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # sigma = elu + 1 makes tiny values; denormals are slow
     rng = random.Random(cfg.seed)
+    window = dict(local_window=cfg.local_window) if cfg.local_window else {}
     if cfg.init_from:
-        config = modeldir.load_config(cfg.init_from)
+        model = InfiniLlamaForCausalLM.from_pretrained(cfg.init_from, **window)
     else:
-        config = preset_config("tiny", **PASSKEY_MODEL)
-    if cfg.local_window:
-        config = replace(config, local_window=cfg.local_window)
-    model = InfiniLlamaForCausalLM(config)
-    if cfg.init_from:
-        model.load_state_dict(InfiniLlamaForCausalLM.from_pretrained(cfg.init_from).state_dict())
-    else:
+        model = InfiniLlamaForCausalLM(preset_config("tiny", **PASSKEY_MODEL, **window))
         model.init_weights(cfg.seed)
     model.to(cfg.device).train()
     gates = [p for n, p in model.named_parameters() if n.endswith("self_attn.gate")]

@@ -115,6 +115,23 @@ def test_near_batches_end_the_needle_at_most_a_sentence_before_the_question():
     assert gaps == {0, len(passkey.FILLER)}
 
 
+def test_a_window_is_added_to_a_model_directory_as_it_loads(model_dir_factory):
+    """from_pretrained(..., local_window=W) (train.py --init-from with --local-window): the
+    same weights under a config with the window, validated like the file's."""
+    from infini_onnx.errors import ModelDirError
+    from infini_onnx.model import InfiniLlamaForCausalLM
+
+    model_dir = model_dir_factory()
+    plain = InfiniLlamaForCausalLM.from_pretrained(model_dir)
+    windowed = InfiniLlamaForCausalLM.from_pretrained(model_dir, local_window=24)
+    assert plain.config.local_window != 24 and windowed.config.local_window == 24
+    assert windowed.model.layers[0].self_attn.config.local_window == 24
+    for (name, a), b in zip(plain.state_dict().items(), windowed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ModelDirError, match="local_window"):
+        InfiniLlamaForCausalLM.from_pretrained(model_dir, local_window=0)
+
+
 def test_rho_matches_a_direct_computation_in_layer0(model_dir_factory):
     """Layer 0's queries and keys come from the embeddings alone: recompute rho from them."""
     model = from_pretrained(model_dir_factory("linear", gqa=False))

@@ -8,9 +8,7 @@ import sys
 import click
 
 from infini_onnx.cli.common import one_line_errors
-from infini_onnx.passkey import DEMO_DEPTH, DEMO_LENGTH
-
-DEFAULT_DEPTHS = "start,0.25,middle,0.75,end"
+from infini_onnx.passkey import DEMO_DEPTH, DEMO_LENGTH, GRID_DEPTHS, SWEEP_DEPTHS
 
 
 @click.group("demo")
@@ -48,7 +46,7 @@ def demo_group() -> None:
     "--depths",
     default=None,
     help="Sweep depths: start, middle, end or numbers in [0, 1] "
-    "[default: start,0.25,middle,0.75,end; start,middle,end with --grid].",
+    f"[default: {SWEEP_DEPTHS}; {GRID_DEPTHS} with --grid].",
 )
 @click.option(
     "--trials", type=click.IntRange(1), default=20, show_default=True, help="Sweep trials per cell."
@@ -111,7 +109,7 @@ def passkey_command(
     check_threads(threads)  # before a model directory is exported
     if sweep:
         sizes = demo.parse_lengths(lengths, grid)
-        where = demo.parse_depths(depths or ("start,middle,end" if grid else DEFAULT_DEPTHS))
+        where = demo.parse_depths(depths or (GRID_DEPTHS if grid else SWEEP_DEPTHS))
         demo.check_jobs(jobs)
     demo.check_length(length)
     path = demo.resolve_model(model, log=click.echo)

@@ -12,7 +12,7 @@ per segment piece and rolling the state, so both modes share every line of math.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -357,11 +357,12 @@ class InfiniLlamaForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: str | Path, dtype: torch.dtype = torch.float32
+        cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, **config_overrides
     ) -> InfiniLlamaForCausalLM:
         """Load a model directory; every problem is one ModelDirError naming the file, tensor
-        or key."""
-        config = modeldir.load_config(model_dir)
+        or key. `config_overrides` replace config keys that leave the weights' shapes as they
+        are (e.g. local_window, to train a window into a model; validated like the file)."""
+        config = replace(modeldir.load_config(model_dir), **config_overrides)
         with torch.device("meta"):
             model = cls(config)
         expected = {k: v.shape for k, v in model.state_dict().items()}
