@@ -223,6 +223,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         head_dim=64,
         segment_len=2048,
     ),
+    # About 0.5B parameters, the size users run on a CPU: weights far larger than any cache,
+    # so decode is bound by memory bandwidth (`infini bench --presets`).
+    "0.5b": dict(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=22,
+        num_attention_heads=20,
+        num_key_value_heads=4,
+        head_dim=64,
+        segment_len=2048,
+    ),
 }
 
 

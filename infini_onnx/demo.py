@@ -195,7 +195,7 @@ def run_cell(model: InfiniModel, length: int, depth: float, keys: list[str]) -> 
     """The greedy answers to haystacks of one length and depth, one per key: the text before the
     needle (the same for every key) is fed once, then a batch of one stream per key takes the
     needle, the rest and the question. Each answer equals `run_trial`'s on the same haystack up
-    to the float rounding of batched kernels (none for a row-by-row variant such as int8)."""
+    to the float rounding of batched kernels."""
     tokenizer = model.tokenizer
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
     before, after = passkey.around_needle(length, depth)

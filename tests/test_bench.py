@@ -263,3 +263,65 @@ def test_itp_matched_parameters():
     target = 12_787_632  # the small preset
     model = InfiniTransformer(**itp_kwargs(preset_config("small"), target))
     assert abs(sum(p.numel() for p in model.parameters()) - target) / target < 1e-3
+
+
+def test_worker_decode_reads_then_moves_the_position(tiny_onnx, tmp_path):
+    """The decode job reads `real_tokens` for real and moves the position counter for longer
+    contexts (a multiple of the segment length), then decodes batches of streams."""
+    _, onnx_path = tiny_onnx
+    job = {
+        "kind": "decode",
+        "system": {"type": "ort", "onnx": str(onnx_path), "variant": "fp32"},
+        "contexts": [64, 256, 1 << 20],
+        "real_tokens": 128,
+        "budget_s": 60,
+        "decode_tokens": 3,
+        "max_cache_tokens": 1 << 20,
+        "peer_max_context": 1 << 20,
+        "batches": [1, 4],
+    }
+    result, error = run_worker(job, threads=1, timeout=120, tmp=tmp_path)
+    assert error is None, error
+    points = result["points"]
+    assert [p["tokens"] for p in points] == [64, 256, 1 << 20]
+    assert [p["real_tokens"] for p in points] == [64, 128, 128]
+    assert all(p["decode_ms"]["n"] == 3 and p["ingest_tok_s"] > 0 for p in points)
+    assert [b["streams"] for b in result["batches"]] == [1, 4]
+
+
+def test_decode_report_ratios_and_plots(tmp_path):
+    """decode.md puts infini-onnx against the same bits of each peer and the probe."""
+    from infini_onnx.bench import decode_report
+
+    def system(ms: float, probe: float = 1.0, batches=()) -> dict:
+        points = [
+            {"tokens": n, "real_tokens": n, "decode_ms": {"median": ms * f}, "ingest_tok_s": 100}
+            for n, f in ((1024, 1), (4096, 2))
+        ]
+        return {"points": points, "weights_bytes": MB, "probe_ms": probe, "batches": list(batches),
+                "stop": "reached"}  # fmt: skip
+
+    batches = [
+        {"streams": 1, "step_ms": {"median": 2.0}},
+        {"streams": 32, "step_ms": {"median": 4.0}},
+    ]
+    results = {
+        "run": {"command": "infini bench --decode", "cpu": {"model": "cpu"}, "threads": 2,
+                "date": "d", "wall_seconds": 60, "load_average_start": [], "load_average_end": [],
+                "note": "", "plan": {"contexts": [1024, 4096], "real_tokens": 4096}},
+        "presets": {"tiny": {"notes": ["llama.cpp Q8_0 skipped: not installed"], "systems": {
+            "infini-onnx int4": system(2.0, probe=0.5, batches=batches),
+            "infini-onnx fp32": system(4.0),
+            "GenAI int4": system(4.0),
+            "llama.cpp Q4_0": system(1.0),
+        }}},
+    }  # fmt: skip
+    text = decode_report.markdown(results)
+    row = next(line for line in text.splitlines() if line.startswith("| int4 |"))
+    # vs GenAI at 1K and 4K, vs llama.cpp at 1K and 4K, decode / probe at 4K
+    assert row == "| int4 | 0.50x | 0.50x | 2.00x | 2.00x | 8.00x |"
+    assert "16.0x (32 streams)" in text and "int4 ingest is 1.00x fp32's" in text
+    assert "- llama.cpp Q8_0 skipped: not installed" in text
+    decode_report.plots(results, tmp_path)
+    assert (tmp_path / "decode_context.png").stat().st_size > 0
+    assert (tmp_path / "decode_size.png").stat().st_size > 0

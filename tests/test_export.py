@@ -222,13 +222,25 @@ def test_dynamic_shapes(tiny_onnx, batch, tokens, past, num_logits, segments):
 
 
 def test_reference_evaluator(tiny_onnx):
-    """The file is valid ONNX: the reference implementation of the standard runs it too."""
+    """The file is valid ONNX: the reference implementation of the standard runs it too, with
+    ONNX Runtime's RotaryEmbedding given as numpy (its documented rotate_half semantics)."""
     from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import OpRun
+
+    class RotaryEmbedding(OpRun):
+        op_domain = "com.microsoft"
+
+        def _run(self, x, positions, cos, sin, interleaved=0, **_):
+            assert interleaved == 0
+            half = x.shape[-1] // 2
+            c, s = cos[positions][:, None], sin[positions][:, None]  # [B, 1, S, d/2]
+            x1, x2 = x[..., :half], x[..., half:]
+            return (np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1).astype(x.dtype),)
 
     model_dir, path = tiny_onnx
     model = from_pretrained(model_dir)
     feeds = step_inputs(model, batch=2, tokens=3, past=2, num_logits=2)
-    got = ReferenceEvaluator(str(path)).run(None, feeds)
+    got = ReferenceEvaluator(str(path), new_ops=[RotaryEmbedding]).run(None, feeds)
     for r, g in zip(torch_step(model, feeds), got, strict=True):
         assert r.shape == g.shape
         assert np.abs(r - g).max() < 1e-4
@@ -293,7 +305,10 @@ def test_contract_names_shapes_metadata(tiny_onnx):
         "memory_acc_out": (F, ["batch", 2, 2, 16, 16]),
         "norm_acc_out": (F, ["batch", 2, 2, 16]),
     }
-    assert [(o.domain, o.version) for o in proto.opset_import] == [("", exporter.DEFAULT_OPSET)]
+    assert [(o.domain, o.version) for o in proto.opset_import] == [
+        ("", exporter.DEFAULT_OPSET),
+        ("com.microsoft", 1),  # RotaryEmbedding (export/contrib_ops.py)
+    ]
     assert proto.ir_version == 8  # ONNX Runtime 1.15 and 1.16 refuse IR 10
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta[names.KEY_FORMAT_VERSION] == "2"
@@ -304,6 +319,19 @@ def test_contract_names_shapes_metadata(tiny_onnx):
     assert len(meta[names.KEY_MODEL_ID]) == 64
     assert not any(n.metadata_props for n in proto.graph.node)  # no absolute paths
     onnx.checker.check_model(proto, full_check=True)
+
+
+def test_rope_is_one_contrib_node_per_rotation(tiny_onnx):
+    """Each layer rotates the ring's keys, the new keys and the queries with one ONNX Runtime
+    RotaryEmbedding node each (docs/export.md, "Fusions"), not RoPE's six elementwise nodes."""
+    model = onnx.load(str(tiny_onnx[1]))
+    layers = json.loads({p.key: p.value for p in model.metadata_props}["infini.config"])[
+        "num_hidden_layers"
+    ]
+    rotary = [n for n in model.graph.node if n.op_type == "RotaryEmbedding"]
+    assert len(rotary) == 3 * layers
+    assert {n.domain for n in rotary} == {"com.microsoft"}
+    assert sum(n.op_type == "Neg" for n in model.graph.node) < layers  # rotate_half's are gone
 
 
 def test_memory_path_names(tiny_onnx):

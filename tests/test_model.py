@@ -505,3 +505,48 @@ def test_pytorch_runs_each_projection_on_its_own(model_dir_factory):
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3]]))
     assert len(calls) == 5 * model.config.num_hidden_layers
+
+
+def test_attention_over_parts_is_one_softmax_over_all_keys():
+    """`attend` over the ring and the new keys, never joined, equals a float64 softmax over
+    their concatenation; a part a query cannot see at all (every key masked, as the ring at a
+    stream's start) adds nothing and no NaN."""
+    from infini_onnx.config import preset_config
+
+    attn = InfiniLlamaForCausalLM(preset_config("tiny")).model.layers[0].self_attn
+    c = attn.config
+    B, H, G, T, K, d = 2, c.num_attention_heads, c.num_key_value_heads, 3, 5, c.head_dim
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, H, T, d, generator=g)
+    keys = [torch.randn(B, G, n, d, generator=g) for n in (K, T)]
+    values = [torch.randn(B, G, n, d, generator=g) for n in (K, T)]
+    visible = [torch.rand(B, T, n, generator=g) > 0.4 for n in (K, T)]
+    visible[0][1] = False  # row 1 sees no ring key
+    visible[1] |= torch.eye(T, dtype=torch.bool)  # every query sees itself
+    bias = [torch.zeros(v.shape).masked_fill(~v, -torch.inf)[:, None, None] for v in visible]
+    got = attn.attend(q, list(zip(keys, values, bias)))  # [B, G, r, T, d]
+
+    q64 = q.double().view(B, G, H // G, T, d)
+    k64, v64 = torch.cat(keys, 2).double(), torch.cat(values, 2).double()
+    scores = q64 @ k64.unsqueeze(2).transpose(-1, -2) / d**0.5 + torch.cat(bias, -1).double()
+    want = torch.softmax(scores, -1) @ v64.unsqueeze(2)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_rotary_op_is_rope_at_each_position():
+    """The export's RotaryEmbedding op, run eagerly, rotates each row at its own position,
+    against numpy's rotate_half RoPE."""
+    from infini_onnx.model.modeling import rope_cos_sin, rotary_embedding
+
+    B, n, S, d, P = 2, 3, 4, 8, 20
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, n, S, d, generator=g)
+    positions = torch.randint(0, P, (B, S), generator=g)
+    cos, sin = rope_cos_sin(torch.arange(P), d, 10000.0)
+    got = rotary_embedding(x, positions, cos, sin).numpy()
+    angle = positions.numpy()[..., None] * 10000.0 ** (-np.arange(0, d, 2) / d)  # [B, S, d/2]
+    c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
+    x1, x2 = x.numpy()[..., : d // 2], x.numpy()[..., d // 2 :]
+    want = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

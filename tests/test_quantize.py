@@ -15,6 +15,7 @@ from infini_onnx.errors import QuantizeError
 from infini_onnx.quantize.accuracy import compare
 from infini_onnx.quantize.calibration import CarriedStateReader
 from infini_onnx.quantize.corpus import token_stream
+from infini_onnx.quantize.modes import PRODUCERS
 from infini_onnx.quantize.plan import QUANTIZED_OPS, load_step_graph, plan_graph
 from infini_onnx.quantize.quantizer import accuracy_report, quantize_model
 from infini_onnx.quantize.segments import segments, stream_segments
@@ -23,10 +24,11 @@ from infini_onnx.runtime import InfiniModel, State, Stream
 from infini_onnx.stepgraph import names
 from infini_onnx.stepgraph.metadata import StepGraphInfo
 from infini_onnx.stepgraph.state_spec import FLOAT32_IO, LATEST, MEMORY_INPUTS, MEMORY_OUTPUTS
+from infini_onnx.stepgraph.variants import QUANTIZE_MODES, VARIANTS
 
 MODES = ["int8", "int8-static", "int4", "fp16"]
 EXPECTED_OP = {
-    "int8": "MatMulInteger",
+    "int8": "MatMulNBits",
     "int8-static": "QuantizeLinear",
     "int4": "MatMulNBits",
     "fp16": "Cast",
@@ -275,7 +277,7 @@ def test_calibration_carries_the_state(tiny_onnx):
 
 def test_targets():
     assert resolve(target="tensorrt").mode == "int8-static"
-    assert resolve(target="avx2").reduce_range
+    assert resolve(target="avx2").mode == "int8"
     assert resolve("int4", "arm64", block_size=64).block_size == 64
     for bad in (
         dict(mode="int3"),
@@ -347,7 +349,6 @@ def test_cli_report_streams_the_eval_text(tiny_onnx, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--mode", "int3"], "unknown mode 'int3'"),
         (["--target", "mips"], "unknown target"),
         (["--mode", "int4", "--target", "tensorrt"], "does not suit target"),
     ],
@@ -358,3 +359,31 @@ def test_cli_one_line_errors(args, message, tiny_onnx, tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("error: ") and message in result.output
     assert result.output.count("\n") == 1
+
+
+def test_cli_mode_choices_are_the_variant_table(tiny_onnx, tmp_path):
+    """--mode offers the table's quantised variants, and refuses anything else before work."""
+    _, fp32 = tiny_onnx
+    result = CliRunner().invoke(
+        quantize_command, [str(fp32), str(tmp_path / "q.onnx"), "--mode", "int3"]
+    )
+    assert (
+        result.exit_code == 2
+        and "'int3' is not one of 'fp16', 'int8', 'int8-static', 'int4'" in result.output
+    )
+    assert not (tmp_path / "q.onnx").exists()
+    help_text = CliRunner().invoke(quantize_command, ["--help"]).output
+    assert f"--mode [{'|'.join(QUANTIZE_MODES)}]" in help_text
+    for mode in QUANTIZE_MODES:
+        assert f"{mode}: {VARIANTS[mode].summary.split()[0]}" in " ".join(help_text.split())
+
+
+def test_the_variant_table_matches_the_graphs(variants):
+    """Every quantised variant's graph carries the weight ops and cache dtype its table entry
+    names, and every mode of the table has a producer."""
+    assert set(PRODUCERS) == set(QUANTIZE_MODES) == set(MODES)
+    for mode, path in variants.items():
+        entry = VARIANTS[mode]
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert set(entry.weight_ops) <= ops, (mode, ops)
+        assert open_model(path).cache_dtype == entry.cache_dtype

@@ -175,6 +175,33 @@ def test_model_without_tokenizer_works_on_ids(tiny_onnx, tmp_path):
     assert stream.tokens_seen == 3
 
 
+def relabelled(variant: str):
+    """An edit that signs the metadata with another variant name (as a newer or a careless
+    tool would write it)."""
+
+    def edit(proto) -> None:
+        from infini_onnx.stepgraph.metadata import StepGraphInfo
+
+        info = StepGraphInfo.from_props({p.key: p.value for p in proto.metadata_props}, "x")
+        del proto.metadata_props[:]
+        for k, v in dataclasses.replace(info, variant=variant).to_props().items():
+            proto.metadata_props.add(key=k, value=v)
+
+    return edit
+
+
+def test_a_variant_must_be_in_the_table_and_match_its_cache(tiny_onnx, tmp_path):
+    """The runtime reads the variant table: an unknown variant, or a graph whose cache dtype is
+    not its variant's, is refused with one line before any stream starts."""
+    unknown = edited_copy(tiny_onnx[1], tmp_path / "int2.onnx", relabelled("int2"))
+    with pytest.raises(ModelFileError, match="unknown variant 'int2'.*upgrade infini-onnx"):
+        InfiniModel(unknown)
+    half = edited_copy(tiny_onnx[1], tmp_path / "fp16.onnx", relabelled("fp16"))
+    with pytest.raises(ModelFileError, match=r"a fp16 graph with a tensor\(float\) cache"):
+        InfiniModel(half)
+    assert InfiniModel(edited_copy(tiny_onnx[1], tmp_path / "q.onnx", relabelled("int4")))
+
+
 def test_unavailable_device(tiny_onnx):
     with pytest.raises(DeviceError, match="unknown device"):
         InfiniModel(tiny_onnx[1], device="tpu")

@@ -27,9 +27,12 @@ def quantize_target(flags: list[str]) -> str | None:
     return None
 
 
-def build_models(workdir: Path, preset: str, log=print) -> Models:
+def build_models(
+    workdir: Path, preset: str, log=print, only: tuple[str, ...] | None = None
+) -> Models:
     """init + export (fp32) + quantize (int8, int4) + the full-attention exports (hand-made,
-    and optimum's when installed); files already in `workdir` are reused."""
+    and optimum's when installed), or init and the `only` ones; files already in `workdir` are
+    reused."""
     from infini_onnx.bench.llama import export_llama
     from infini_onnx.export.exporter import export_model
     from infini_onnx.model import InfiniLlamaForCausalLM, init_model_dir
@@ -59,7 +62,10 @@ def build_models(workdir: Path, preset: str, log=print) -> Models:
             lambda: export_llama(InfiniLlamaForCausalLM.from_pretrained(model_dir), onnx["llama"]),
         ),
     }
-    if find_spec("optimum") and find_spec("optimum.onnxruntime"):
+    if only is not None:
+        steps = {k: v for k, v in steps.items() if k == "init" or k in only}
+        onnx = {k: v for k, v in onnx.items() if k in only}
+    elif find_spec("optimum") and find_spec("optimum.onnxruntime"):
         from infini_onnx.bench.optimum_llama import export_optimum
 
         onnx["optimum"] = workdir / f"{preset}-optimum"

@@ -19,7 +19,7 @@ from torch.export import Dim
 from infini_onnx.atomic import atomic_output
 from infini_onnx.export.exporter import trace_module
 from infini_onnx.model import InfiniLlamaForCausalLM
-from infini_onnx.model.modeling import apply_rope, rope_cos_sin, wide
+from infini_onnx.model.modeling import rope_cos_sin, rotate, wide
 
 
 def cache_names(layers: int, prefix: str) -> list[str]:
@@ -48,9 +48,9 @@ class FullAttentionLlama(nn.Module):
         for i, layer in enumerate(inner.layers):
             attn = layer.self_attn
             q, k, v = attn.project(layer.input_layernorm(x))
-            k = torch.cat([cache[2 * i], apply_rope(k, cos, sin)], dim=2)  # [B, G, P+T, d]
+            k = torch.cat([cache[2 * i], rotate(k, cos, sin)], dim=2)  # [B, G, P+T, d]
             v = torch.cat([cache[2 * i + 1], v], dim=2)
-            a = attn.attend(apply_rope(q, cos, sin), k, v, bias)
+            a = attn.attend(rotate(q, cos, sin), [(k, v, bias)])
             x = layer.feed_forward(x + attn.output(a))
             present += [k, v]
         return self.model.lm_head(inner.norm(x[:, -1:])), *present

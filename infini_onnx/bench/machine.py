@@ -92,11 +92,15 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, di
     }
 
 
+PROBE_MAX_BYTES = 1 << 30
+
+
 def bandwidth_probe(threads: int, sizes: dict[str, int], repeats: int = 20) -> dict[str, dict]:
     """The time to read a buffer of each size once, the floor of a decode step that reads its
     weights once: a float32 [1, K] x [K, 1024] MatMul through ONNX Runtime (a GEMV: each
     weight read once, two FLOPs each) on a matrix of `size` bytes, median of `repeats` after a
-    warm-up; also as GB/s. Run in a worker like matmul_gflops."""
+    warm-up; also as GB/s. A size past PROBE_MAX_BYTES is timed at that size and scaled (both
+    read from DRAM at the same rate). Run in a worker like matmul_gflops."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -106,7 +110,8 @@ def bandwidth_probe(threads: int, sizes: dict[str, int], repeats: int = 20) -> d
     probes = {}
     rng = np.random.default_rng(0)
     for name, size in sizes.items():
-        rows = max(1, size // (4 * columns))
+        read = min(size, PROBE_MAX_BYTES)  # a protobuf holds < 2 GiB; past 1 GiB, DRAM speed
+        rows = max(1, read // (4 * columns))
         weights = rng.standard_normal((rows, columns), dtype=np.float32)
         graph = helper.make_graph(
             [helper.make_node("MatMul", ["x", "w"], ["y"])],
@@ -123,5 +128,7 @@ def bandwidth_probe(threads: int, sizes: dict[str, int], repeats: int = 20) -> d
         session.run(None, feeds)
         ms = summary([t * 1e3 for t in time_calls(partial(session.run, None, feeds), repeats)])
         gb_s = weights.nbytes / ms["median"] / 1e6
-        probes[name] = {"bytes": weights.nbytes, "ms": ms, "gb_s": gb_s}
+        if read < size:  # the time to read `size` bytes at the rate measured on `read`
+            ms = {k: v * size / weights.nbytes if k != "n" else v for k, v in ms.items()}
+        probes[name] = {"bytes": size if read < size else weights.nbytes, "ms": ms, "gb_s": gb_s}
     return probes

@@ -90,8 +90,8 @@ def _decode_limits(results: dict) -> list[str]:
         *rows,
         "",
         "Batched decode: StreamBatch of that many streams (each after one segment of its own "
-        "tokens), one graph call per step for all; tokens/s and the gain over one stream (int8 "
-        "runs a batch row by row, by design: docs/runtime.md). Bandwidth probe: an ONNX Runtime "
+        "tokens), one graph call per step for all; tokens/s and the gain over one stream. "
+        "Bandwidth probe: an ONNX Runtime "
         "float32 GEMV over a matrix of the graph file's size (the faster of the runs before and "
         "after the systems).",
         "",

@@ -8,6 +8,7 @@ decode steps continuing the stream, one token per call, without changing the ing
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -44,6 +45,15 @@ class OrtInfini:
 
     def ingest(self, ids: np.ndarray) -> None:
         self.stream.feed(ids)
+
+    def jump(self, tokens: int) -> None:
+        """Move the stream's position counter by `tokens` (a multiple of the segment length),
+        its tensors unchanged: the ring's slots then hold other ages, which changes the mask
+        but no work; a step's work does not depend on the position (bench/decode.py)."""
+        from infini_onnx.runtime import Stream
+
+        state = self.stream.state
+        self.stream = Stream(self.model, replace(state, tokens_seen=state.tokens_seen + tokens))
 
     def decode(self, tokens: int, after: int = 0) -> list[float]:
         """Step times of `tokens` greedy decode steps on a fork of the stream, after `after`
@@ -236,9 +246,12 @@ class OptimumLlama:
         return time_calls(step, tokens)
 
 
-def batch_decode(onnx_path: Path, threads: int, streams: int, tokens: int, vocab: int) -> dict:
+def batch_decode(
+    onnx_path: Path, threads: int, streams: int, tokens: int, vocab: int, prefix: int = 0
+) -> dict:
     """Decode `streams` streams together (StreamBatch: one graph call per step for all of
-    them), each after one segment of its own random tokens; times `tokens` steps."""
+    them), each after `prefix` (default: one segment) of its own random tokens; times `tokens`
+    steps."""
     from infini_onnx.runtime import InfiniModel, Stream, StreamBatch
 
     model = InfiniModel(onnx_path, threads=threads)
@@ -246,7 +259,7 @@ def batch_decode(onnx_path: Path, threads: int, streams: int, tokens: int, vocab
     members = []
     for _ in range(streams):
         stream = Stream(model)
-        stream.feed(rng.integers(0, vocab, model.config.segment_len))
+        stream.feed(rng.integers(0, vocab, prefix or model.config.segment_len))
         members.append(stream)
     steps = StreamBatch(members).generate(max_new_tokens=tokens + 2, temperature=0)
     next(steps), next(steps)  # warm-up
@@ -282,3 +295,74 @@ def itp_kwargs(config, params: int) -> dict:
         ff_mult=(inner + 0.5) * 3 / (2 * D),  # int(ff_mult * D * 2 / 3) == inner
         use_mem_delta_rule=config.memory_update == "delta",
     )
+
+
+class GenAI:
+    """onnxruntime-genai running its model builder's graph of the same weights (full
+    attention: GroupQueryAttention over a cache of `max_length` positions, MatMulNBits for
+    int4): its Generator, greedy."""
+
+    def __init__(self, model_dir: Path, threads: int, max_length: int, chunk: int):
+        import json
+
+        import onnxruntime_genai as og
+
+        config = og.Config(str(model_dir))
+        options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self.og, self.model = og, og.Model(config)
+        self.max_length, self.chunk = max_length, chunk
+        self.params = 0  # set by the caller
+        self.reset()
+
+    def reset(self) -> None:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=self.max_length, do_sample=False)
+        self.generator = self.og.Generator(self.model, params)
+        self.seen = 0
+
+    def ingest(self, ids: np.ndarray) -> None:
+        self.generator.append_tokens(ids.astype(np.int32))
+        self.seen += len(ids)
+
+    def decode(self, tokens: int) -> list[float]:
+        """Step times of `tokens` greedy steps; the stream is read again from the start
+        afterwards (GenAI cannot fork a generator: rewind_to drops the decoded tokens)."""
+        times = time_calls(self.generator.generate_next_token, tokens)
+        self.generator.rewind_to(self.seen)
+        return times
+
+
+class LlamaCpp:
+    """llama.cpp through llama-cpp-python on a GGUF of the same weights (full attention, its
+    KV cache of n_ctx positions): `eval` of chunks, then one token per call."""
+
+    def __init__(self, gguf: Path, threads: int, n_ctx: int, chunk: int):
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            model_path=str(gguf),
+            n_ctx=n_ctx,
+            n_batch=chunk,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+        self.chunk = chunk
+        self.params = 0  # set by the caller
+        self.reset()
+
+    def reset(self) -> None:
+        self.llm.reset()
+
+    def ingest(self, ids: np.ndarray) -> None:
+        self.llm.eval(ids.tolist())
+
+    def decode(self, tokens: int) -> list[float]:
+        """Step times of `tokens` single-token evals (of one fixed token: the work does not
+        depend on it), then back to the ingested stream (the cache is truncated to it)."""
+        seen = self.llm.n_tokens
+        times = time_calls(lambda: self.llm.eval([ord("a")]), tokens)
+        self.llm.n_tokens = seen
+        self.llm._ctx.kv_cache_seq_rm(-1, seen, -1)
+        return times

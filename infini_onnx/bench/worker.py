@@ -33,6 +33,10 @@ def build_system(spec: dict, threads: int):
         system = systems.TorchReference(Path(spec["model_dir"]), threads)
     elif kind == "itp":
         system = systems.InfiniTransformerPytorch(spec["kwargs"], spec["chunk"], threads)
+    elif kind == "genai":
+        system = systems.GenAI(Path(spec["dir"]), threads, spec["max_length"], spec["chunk"])
+    elif kind == "llama.cpp":
+        system = systems.LlamaCpp(Path(spec["gguf"]), threads, spec["max_length"], spec["chunk"])
     elif kind in ("llama", "optimum"):
         from infini_onnx.modeldir import load_config
 
@@ -165,9 +169,65 @@ def batch(job: dict, out: Path) -> None:
         print(f"    {streams:>3} streams: {run['tok_s']:,.0f} tok/s", flush=True)
 
 
+def decode(job: dict, out: Path) -> None:
+    """Decode step times at each context length (bench/decode.py), ingest speed, and for
+    infini-onnx the batched decode of each number of streams."""
+    from infini_onnx.bench.systems import batch_decode
+
+    spec = dict(job["system"])
+    contexts = sorted(job["contexts"])
+    peer = spec["type"] != "ort"
+    if peer:  # a full-attention cache sized for the longest context it can reach
+        longest = min(contexts[-1], job["peer_max_context"], job["max_cache_tokens"])
+        spec.update(max_length=longest + job["decode_tokens"] + 64, chunk=512)
+    system = build_system(spec, job["threads"])
+    rng = np.random.default_rng(0)
+    result = {"points": [], "stop": f"reached {contexts[-1]:,} tokens"}
+    system.ingest(rng.integers(0, 256, system.chunk))  # warm-up
+    system.decode(4)
+    system.reset()
+    tokens, ingest_s = 0, 0.0
+    for context in contexts:
+        real = context if peer else min(context, job["real_tokens"])
+        if peer and real + job["decode_tokens"] > spec["max_length"]:
+            result["stop"] = f"cache sized for {longest:,} tokens (peer_max_context, memory cap)"
+            break
+        if peer and tokens and ingest_s / tokens * (real - tokens) + ingest_s > job["budget_s"]:
+            result["stop"] = f"prefill budget ({job['budget_s']:g} s)"
+            break
+        while tokens < real:
+            ids = rng.integers(0, 256, min(system.chunk, real - tokens))
+            t0 = time.perf_counter()
+            system.ingest(ids)
+            ingest_s += time.perf_counter() - t0
+            tokens += len(ids)
+        if not peer and context > tokens:
+            system.jump(context - tokens)
+        times = system.decode(job["decode_tokens"])
+        if not peer and context > tokens:
+            system.jump(tokens - context)
+        p = {
+            "tokens": context,
+            "real_tokens": tokens,
+            "decode_ms": summary([t * 1e3 for t in times]),
+            "ingest_tok_s": tokens / ingest_s,
+            "peak_rss": peak_rss_bytes(),
+        }
+        result["points"].append(p)
+        write(out, result)
+        print(f"    {context:>9,} tokens: decode {p['decode_ms']['median']:6.2f} ms", flush=True)
+    if job["batches"]:
+        runs = []
+        for streams in job["batches"]:
+            run = batch_decode(Path(spec["onnx"]), job["threads"], streams, 8, 256, prefix=64)
+            runs.append({"streams": streams, "step_ms": summary(run["step_ms"])})
+        result["batches"] = runs
+    write(out, result)
+
+
 def main() -> None:
     job = json.loads(Path(sys.argv[1]).read_text())
-    kinds = {"sweep": sweep, "point": point, "ceiling": ceiling, "batch": batch}
+    kinds = {"sweep": sweep, "point": point, "ceiling": ceiling, "batch": batch, "decode": decode}
     kinds[job["kind"]](job, Path(job["out"]))
 
 

@@ -32,9 +32,27 @@ NEEDS = ("torch", "onnx", "matplotlib")  # export and plots; the [bench] extra b
     help="Keep the built models here and reuse them [a temporary directory].",
 )
 @click.option("--note", default="", help="A line recorded with the results (e.g. other load).")
+@click.option(
+    "--decode",
+    is_flag=True,
+    help="Instead: decode ms/token of fp32/int8/int4 and the peers (onnxruntime-genai, "
+    "llama.cpp; the [peers] extra) at each preset, 1K-1M context, with the bandwidth probe.",
+)
+@click.option(
+    "--presets",
+    default="small,base,0.5b",
+    show_default=True,
+    help="--decode: the `infini init` presets, comma-separated.",
+)
 @one_line_errors
 def bench_command(
-    quick: bool, out: str, threads: int | None, workdir: str | None, note: str
+    quick: bool,
+    out: str,
+    threads: int | None,
+    workdir: str | None,
+    note: str,
+    decode: bool,
+    presets: str,
 ) -> None:
     """Benchmark infini-onnx (ORT fp32/int8/int4) against the PyTorch reference,
     infini-transformer-pytorch and a full-attention Llama in ORT: ingest speed, peak RSS and
@@ -59,10 +77,31 @@ def bench_command(
 
     program = Path(sys.argv[0])
     program = "infini" if program.name == "infini" else f"python {program}"
+    command = " ".join([program, *map(shlex.quote, sys.argv[1:])])
+    if decode:
+        from infini_onnx.bench.decode import DecodePlan, run_decode
+        from infini_onnx.bench.machine import cpu_info
+        from infini_onnx.config import PRESETS
+
+        names = tuple(p.strip() for p in presets.split(",") if p.strip())
+        unknown = [p for p in names if p not in PRESETS]
+        if unknown or not names:
+            raise InfiniError(f"--presets: unknown {unknown} (choose from {', '.join(PRESETS)})")
+        run_decode(
+            Path(out),
+            command,
+            threads or cpu_info()["cores_available"],
+            Path(workdir) if workdir else Path(out) / "models",
+            DecodePlan(presets=names),
+            note,
+            click.echo,
+        )
+        click.echo(f"wrote {out}: decode.json, decode.md, command.txt and the plots")
+        return
     results = run(
         Path(out),
         quick,
-        " ".join([program, *map(shlex.quote, sys.argv[1:])]),
+        command,
         threads=threads,
         workdir=Path(workdir) if workdir else None,
         note=note,

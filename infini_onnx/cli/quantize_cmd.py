@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from infini_onnx.cli.common import one_line_errors
+from infini_onnx.stepgraph.variants import QUANTIZE_MODES, VARIANTS
 
 
 @click.command("quantize")
@@ -14,15 +15,20 @@ from infini_onnx.cli.common import one_line_errors
 @click.argument("out_path", type=click.Path(dir_okay=False))
 @click.option(
     "--mode",
+    type=click.Choice(QUANTIZE_MODES),
     default=None,
-    help="int8 (dynamic, CPU; the default) | int8-static (QDQ S8S8) | int4 | fp16.",
+    help="The variant (docs/quantize.md): "
+    + "; ".join(f"{v.name}: {v.summary}" for v in VARIANTS.values() if v.name in QUANTIZE_MODES)
+    + " [int8, or the target's default].",
 )
 @click.option(
     "--target",
     default=None,
     help="arm64 | avx2 | avx512_vnni | tensorrt preset (also picks the default mode).",
 )
-@click.option("--block-size", type=int, default=None, help="int4: weights per scale (default 32).")
+@click.option(
+    "--block-size", type=int, default=None, help="int8, int4: weights per scale (default 32)."
+)
 @click.option(
     "--calib",
     type=click.Path(dir_okay=False),

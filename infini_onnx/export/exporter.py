@@ -18,6 +18,7 @@ from torch.export import Dim
 from infini_onnx import modeldir
 from infini_onnx.atomic import atomic_output
 from infini_onnx.errors import InfiniError, ValidationError
+from infini_onnx.export.contrib_ops import translation_table
 from infini_onnx.export.finalize import finalize
 from infini_onnx.export.stages import stage
 from infini_onnx.model import InfiniLlamaForCausalLM
@@ -139,6 +140,7 @@ def trace_module(
             input_names=input_names,
             output_names=output_names,
             opset_version=opset,
+            custom_translation_table=translation_table(),
             dynamo=True,
             optimize=True,
             verbose=False,

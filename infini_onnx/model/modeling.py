@@ -154,12 +154,12 @@ class RMSNorm(nn.Module):
 def rope_cos_sin(
     positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
 ) -> tuple[Tensor, Tensor]:
-    """cos, sin [..., d] for integer positions [...] (Llama's rotate_half layout)."""
+    """cos, sin [..., d/2] for integer positions [...] (one angle per pair of Llama's
+    rotate_half layout)."""
     exponents = torch.arange(0, head_dim, 2, dtype=dtype, device=positions.device)
     inv_freq = theta ** (-exponents / head_dim)
     freqs = positions.to(dtype)[..., None] * inv_freq  # [..., d/2]
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
+    return freqs.cos(), freqs.sin()
 
 
 def ring_ages(position: Tensor, slots: int) -> Tensor:
@@ -170,10 +170,38 @@ def ring_ages(position: Tensor, slots: int) -> Tensor:
     return (position[:, None] - 1 - slot[None, :]) % slots + 1
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE of x [..., S, d] by angles whose cos, sin [..., S, d/2] broadcast against it
+    (Llama's rotate_half layout), computed in cos.dtype."""
     half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x.to(cos.dtype) * cos + rotated.to(cos.dtype) * sin).to(x.dtype)
+    x1, x2 = x[..., :half].to(cos.dtype), x[..., half:].to(cos.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def rotate_at(x: Tensor, positions: Tensor, cos_table: Tensor, sin_table: Tensor) -> Tensor:
+    """x [B, n, S, d] rotated at positions [B, S] (int64) of the tables cos, sin [P, d/2]."""
+    return rotate(x, cos_table[positions][:, None], sin_table[positions][:, None])
+
+
+@torch.library.custom_op("infini::rotary_embedding", mutates_args=())
+def rotary_embedding(x: Tensor, positions: Tensor, cos_table: Tensor, sin_table: Tensor) -> Tensor:
+    """`rotate_at` as one op: one ONNX Runtime RotaryEmbedding node when exported
+    (export/contrib_ops.py)."""
+    return rotate_at(x, positions, cos_table, sin_table)
+
+
+@rotary_embedding.register_fake
+def _(x: Tensor, positions: Tensor, cos_table: Tensor, sin_table: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
+def apply_rope(x: Tensor, positions: Tensor, frame: Frame) -> Tensor:
+    """x [B, n, S, d] rotated at positions [B, S] of the frame's tables: the custom op when
+    exporting, plain tensor ops (which autograd differentiates) otherwise."""
+    cos, sin = frame.cos_table, frame.sin_table
+    if torch.compiler.is_exporting():
+        return rotary_embedding(x.to(cos.dtype), positions, cos, sin).to(x.dtype)
+    return rotate_at(x, positions, cos, sin)
 
 
 @dataclass
@@ -181,11 +209,12 @@ class Frame:
     """Where the local attention of one call places and masks its keys, the same in every
     layer (computed once per call by `window_frame`)."""
 
-    cos: Tensor  # [T, d]: the new tokens at K + i
-    sin: Tensor
-    ring_cos: Tensor  # [B, 1, K, d]: ring slot j's key at K - age_j
-    ring_sin: Tensor
-    bias: Tensor  # [B, 1, 1, T, K+T]: 0 where a query sees a key, -inf elsewhere
+    cos_table: Tensor  # [K + T, d/2]: the angles of every position of the frame
+    sin_table: Tensor
+    new_positions: Tensor  # [B, T]: the new tokens at K + i
+    ring_positions: Tensor  # [B, K]: ring slot j's key at K - age_j
+    ring_bias: Tensor  # [B, 1, 1, T, K]: 0 where a query sees a ring key, -inf elsewhere
+    new_bias: Tensor  # [B, 1, 1, T, T]: the same for the new keys
 
 
 def window_frame(config: InfiniConfig, position: Tensor, T: int, K: int, dtype) -> Frame:
@@ -197,23 +226,34 @@ def window_frame(config: InfiniConfig, position: Tensor, T: int, K: int, dtype) 
     that exists (in the current segment, for a model without a window), comes no later than
     the query, and lies within W - 1 tokens before it."""
     c = config
+    B = position.shape[0]
     new = torch.arange(T, device=position.device)
-    cos, sin = rope_cos_sin(K + new, c.head_dim, c.rope_theta, dtype)
+    cos_table, sin_table = rope_cos_sin(
+        torch.arange(K + T, device=position.device), c.head_dim, c.rope_theta, dtype
+    )
     ages = ring_ages(position, K)  # [B, K]: slot j holds the token at position - ages[:, j]
-    ring_cos, ring_sin = rope_cos_sin(K - ages, c.head_dim, c.rope_theta, dtype)  # [B, K, d]
     reach = window_reach(c)
     seen = position if c.local_window is not None else position % c.segment_len
     ring_visible = (ages[:, None, :] <= seen[:, None, None]) & (
         ages[:, None, :] + new[None, :, None] <= reach
     )  # [B, T, K]
     distance = new[:, None] - new[None, :]  # [T, T]: query i - key i'
-    new_visible = ((distance >= 0) & (distance <= reach)).expand(position.shape[0], T, T)
-    visible = torch.cat([ring_visible, new_visible], dim=-1)  # [B, T, K+T]
-    # The mask as an additive bias: one small select and a broadcast Add, not a select over
-    # every head's scores (docs/export.md, "Fusions").
-    bias = torch.zeros(visible.shape, dtype=dtype, device=position.device)
-    bias = bias.masked_fill(~visible, -torch.inf)[:, None, None]
-    return Frame(cos, sin, ring_cos[:, None], ring_sin[:, None], bias)
+    new_visible = ((distance >= 0) & (distance <= reach)).expand(B, T, T)
+    return Frame(
+        cos_table,
+        sin_table,
+        (K + new).expand(B, T),
+        K - ages,
+        mask_bias(ring_visible, dtype),
+        mask_bias(new_visible, dtype),
+    )
+
+
+def mask_bias(visible: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, T, S] visibility -> the additive bias [B, 1, 1, T, S] (0 or -inf): one small select
+    and a broadcast Add, not a select over every head's scores (docs/export.md, "Fusions")."""
+    bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return bias.masked_fill(~visible, -torch.inf)[:, None, None]
 
 
 class InfiniAttention(nn.Module):
@@ -250,19 +290,33 @@ class InfiniAttention(nn.Module):
         (docs/design.md, "The local window"): the ring's K earlier tokens and the new ones, as
         `frame` places and masks them. q [B, H, T, d], k, v [B, G, T, d] (before RoPE),
         past_key/value [B, G, K, d] (before RoPE)."""
-        ring = apply_rope(past_key, frame.ring_cos, frame.ring_sin)
-        keys = torch.cat([ring, apply_rope(k, frame.cos, frame.sin)], dim=2)  # [B, G, K+T, d]
-        values = torch.cat([past_value, v], dim=2)
-        return self.attend(apply_rope(q, frame.cos, frame.sin), keys, values, frame.bias)
+        ring = apply_rope(past_key, frame.ring_positions, frame)
+        new = apply_rope(k, frame.new_positions, frame)
+        q_rot = apply_rope(q, frame.new_positions, frame)
+        return self.attend(q_rot, [(ring, past_value, frame.ring_bias), (new, v, frame.new_bias)])
 
-    def attend(self, q_rot: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
-        """Softmax attention of rotated queries q_rot [B, H, T, d] over rotated keys and values
-        [B, G, S, d], masked by an additive bias [B, 1, 1, T, S] -> [B, G, r, T, d]."""
+    def attend(self, q_rot: Tensor, parts: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """Softmax attention of rotated queries q_rot [B, H, T, d] over parts of the keys, each
+        (rotated keys [B, G, S, d], values [B, G, S, d], additive mask bias [B, 1, 1, T, S]),
+        as one softmax over all of them -> [B, G, r, T, d]. The parts are never joined: a
+        join would copy the whole window at every call (docs/export.md, "Fusions")."""
         B, H, T, d = q_rot.shape
-        q_rot = q_rot.view(B, keys.shape[1], self.config.num_groups, T, d)
-        scores = (q_rot @ keys.unsqueeze(2).transpose(-1, -2)) / d**0.5  # [B, G, r, T, S]
-        scores = scores.to(bias.dtype) + bias
-        return scores.softmax(-1).to(values.dtype) @ values.unsqueeze(2)  # [B, G, r, T, d]
+        G = parts[0][0].shape[1]
+        q_rot = q_rot.view(B, G, self.config.num_groups, T, d)
+        scores = [
+            (q_rot @ keys.unsqueeze(2).transpose(-1, -2) / d**0.5).to(bias.dtype) + bias
+            for keys, _, bias in parts
+        ]  # [B, G, r, T, S] each
+        top = scores[0].amax(-1, keepdim=True)
+        for s in scores[1:]:
+            top = torch.maximum(top, s.amax(-1, keepdim=True))
+        weights = [torch.exp(s - top) for s in scores]
+        total = sum(w.sum(-1, keepdim=True) for w in weights)  # [B, G, r, T, 1]
+        half = parts[0][1].dtype != total.dtype  # half values: normalise first (sums stay small)
+        if half:
+            weights = [w / total for w in weights]
+        out = sum(w.to(v.dtype) @ v.unsqueeze(2) for w, (_, v, _) in zip(weights, parts))
+        return out if half else out / total  # [B, G, r, T, d]; float32: normalised on [T, d]
 
     def output(self, a: Tensor) -> Tensor:
         """o_proj of the heads' outputs a [B, G, r, T, d] -> [B, T, D]."""

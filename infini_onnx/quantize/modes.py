@@ -1,7 +1,8 @@
-"""One function per variant: fp32 step graph -> quantised graph, the memory path left float32.
+"""One function per variant of the table (stepgraph/variants.py): fp32 step graph ->
+quantised graph, the memory path left float32.
 
-Every function gets the explicit node lists of a GraphPlan: only weight MatMuls (and, for int8,
-the embedding Gather) are quantised; every memory-path node is excluded by name.
+Every function gets the explicit node lists of a GraphPlan: only weight MatMuls (and, for
+int8-static, the embedding Gather) are quantised; every memory-path node is excluded by name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
     QuantType,
-    quantize_dynamic,
     quantize_static,
 )
 from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -46,23 +46,6 @@ def _via_file(run: Callable[[Path], None]) -> onnx.ModelProto:
         return onnx.load(str(out))
 
 
-def int8_dynamic(model: onnx.ModelProto, plan: GraphPlan, s: Settings) -> onnx.ModelProto:
-    """Dynamic int8 (MatMulInteger): int8 weights, activations quantised per call."""
-    return _via_file(
-        lambda out: quantize_dynamic(
-            model,
-            out,
-            op_types_to_quantize=["MatMul", "Gather"],
-            per_channel=s.per_channel,
-            reduce_range=s.reduce_range,
-            weight_type=QuantType.QInt8,
-            nodes_to_quantize=_int8_nodes(plan),
-            nodes_to_exclude=sorted(plan.memory_path),
-            extra_options={"MatMulConstBOnly": True},
-        )
-    )
-
-
 def int8_static(
     model: onnx.ModelProto, plan: GraphPlan, s: Settings, calibration: CalibrationDataReader
 ) -> onnx.ModelProto:
@@ -75,7 +58,6 @@ def int8_static(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul", "Gather"],
             per_channel=s.per_channel,
-            reduce_range=s.reduce_range,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             nodes_to_quantize=_int8_nodes(plan),
@@ -89,25 +71,32 @@ def int8_static(
     )
 
 
-def int4(model: onnx.ModelProto, plan: GraphPlan, s: Settings) -> onnx.ModelProto:
-    """Weight-only 4-bit MatMulNBits, symmetric, one scale per block_size weights."""
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=s.block_size,
-        is_symmetric=True,
-        accuracy_level=s.accuracy_level,
-        op_types_to_quantize=("MatMul",),
-    )
-    quantizer = MatMulNBitsQuantizer(
-        model,
-        nodes_to_include=list(plan.weight_matmuls),
-        nodes_to_exclude=sorted(plan.memory_path),
-        algo_config=config,
-    )
-    quantizer.process()
-    return quantizer.model.model
+def weight_blocks(bits: int) -> Callable[[onnx.ModelProto, GraphPlan, Settings], onnx.ModelProto]:
+    """Weight-only MatMulNBits of `bits` bits, symmetric, one scale per block_size weights. With
+    accuracy_level 4 the activations are quantised to int8 per row and block, so the rows of a
+    batch stay independent."""
+
+    def quantize(model: onnx.ModelProto, plan: GraphPlan, s: Settings) -> onnx.ModelProto:
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=s.block_size,
+            is_symmetric=True,
+            accuracy_level=s.accuracy_level,
+            bits=bits,
+            op_types_to_quantize=("MatMul",),
+        )
+        quantizer = MatMulNBitsQuantizer(
+            model,
+            nodes_to_include=list(plan.weight_matmuls),
+            nodes_to_exclude=sorted(plan.memory_path),
+            algo_config=config,
+        )
+        quantizer.process()
+        return quantizer.model.model
+
+    return quantize
 
 
-def fp16(model: onnx.ModelProto, plan: GraphPlan) -> onnx.ModelProto:
+def fp16(model: onnx.ModelProto, plan: GraphPlan, s: Settings) -> onnx.ModelProto:
     """Half-precision weights and activations; state, logits, the memory math and RMSNorm's
     statistics stay float32."""
     blocked = plan.memory_path | plan.norm_statistics
@@ -153,3 +142,13 @@ def _remove_dead_casts(graph: onnx.GraphProto) -> None:
             return
         for n in dead:
             graph.node.remove(n)
+
+
+# variant name (stepgraph/variants.py) -> the function that writes it; int8-static also takes
+# the calibration reader
+PRODUCERS: dict[str, Callable[..., onnx.ModelProto]] = {
+    "fp16": fp16,
+    "int8": weight_blocks(8),
+    "int8-static": int8_static,
+    "int4": weight_blocks(4),
+}

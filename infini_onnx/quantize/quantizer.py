@@ -48,14 +48,11 @@ def quantize_model(
         f"{len(plan.weight_matmuls)} weight MatMuls to quantise; {len(plan.memory_path)} "
         f"memory-path nodes ({len(plan.memory_matmuls)} MatMuls) kept float32"
     )
-    if settings.mode == "int8":
-        result = modes.int8_dynamic(model, plan, settings)
-    elif settings.mode == "int8-static":
-        result = modes.int8_static(model, plan, settings, reader)
-    elif settings.mode == "int4":
-        result = modes.int4(model, plan, settings)
+    produce = modes.PRODUCERS[settings.mode]
+    if settings.mode == "int8-static":
+        result = produce(model, plan, settings, reader)
     else:
-        result = modes.fp16(model, plan)
+        result = produce(model, plan, settings)
     props = {p.key: p.value for p in model.metadata_props}  # keys of other tools kept
     props.update(dataclasses.replace(info, variant=settings.mode).to_props())
     del result.metadata_props[:]

@@ -86,29 +86,13 @@ def providers_for(device: str) -> list[str]:
 
 class CpuCalls:
     """Calls on the CPU: numpy in, numpy out (onnxruntime reads numpy inputs without copying).
+    A batch is one call: every variant keeps its rows independent (stepgraph/variants.py)."""
 
-    rowwise: run a batch one row per call. Dynamic int8 graphs quantise activations with one
-    scale over the whole batch, so a batched call would let one stream's tokens change
-    another's results; row by row every stream gets exactly what it gets alone.
-    """
-
-    def __init__(self, session: ort.InferenceSession, spec: StateSpec, rowwise: bool = False):
+    def __init__(self, session: ort.InferenceSession, spec: StateSpec):
         self.session = session
         self.spec = spec
-        self.rowwise = rowwise
 
     def run(self, input_ids: np.ndarray, num_logits: int, state: dict[str, Any]) -> Outputs:
-        if self.rowwise and len(input_ids) > 1:
-            rows = [
-                self.run(
-                    input_ids[i : i + 1], num_logits, {k: v[i : i + 1] for k, v in state.items()}
-                )
-                for i in range(len(input_ids))
-            ]
-            return Outputs(
-                np.concatenate([r.logits for r in rows]),
-                {k: np.concatenate([r.state[k] for r in rows]) for k in rows[0].state},
-            )
         feeds = {**state, "input_ids": input_ids, "num_logits": np.array([num_logits], np.int64)}
         logits, *rest = self.session.run(list(self.spec.output_names), feeds)
         return Outputs(logits, dict(zip(self.spec.output_names[1:], rest, strict=True)))
@@ -183,8 +167,6 @@ class BoundCalls:
 DeviceCalls = CpuCalls | BoundCalls
 
 
-def device_calls(
-    session: ort.InferenceSession, device: str, spec: StateSpec, rowwise: bool = False
-) -> DeviceCalls:
-    """The way calls are made on `device` (one of DEVICES); rowwise: see CpuCalls."""
-    return CpuCalls(session, spec, rowwise) if device == "cpu" else BoundCalls(session, spec)
+def device_calls(session: ort.InferenceSession, device: str, spec: StateSpec) -> DeviceCalls:
+    """The way calls are made on `device` (one of DEVICES)."""
+    return CpuCalls(session, spec) if device == "cpu" else BoundCalls(session, spec)

@@ -12,8 +12,7 @@ from infini_onnx.errors import DeviceError, InputError, ModelFileError, NonFinit
 from infini_onnx.runtime import device as dev
 from infini_onnx.runtime.state import Layout, State
 from infini_onnx.stepgraph.metadata import StepGraphInfo, check_io, check_shapes
-
-ROWWISE_VARIANTS = ("int8",)  # dynamic quantisation: one activation scale per call
+from infini_onnx.stepgraph.variants import variant
 
 
 class InfiniModel:
@@ -52,17 +51,21 @@ class InfiniModel:
         check_io(input_types, [o.name for o in session.get_outputs()], str(path), info.spec)
         shapes = {v.name: v.shape for v in (*session.get_inputs(), *session.get_outputs())}
         check_shapes(shapes, info.config, str(path), info.spec)
+        kind = variant(info.variant, str(path))
         cache_type = input_types[info.spec.cache_tensors()[0].name]
-        if cache_type not in dev.ORT_DTYPES:
-            raise ModelFileError(f"{path}: unsupported cache type {cache_type}")
+        cache_dtype = dev.ORT_DTYPES.get(cache_type)
+        if cache_dtype is None or np.dtype(cache_dtype) != kind.cache_dtype:
+            raise ModelFileError(
+                f"{path}: a {kind.name} graph with a {cache_type} cache "
+                f"({kind.cache_dtype} expected)"
+            )
         self.config = info.config
         self.model_id: str = info.model_id
         self.variant: str = info.variant
         self.tokenizer: Tokenizer | None = _tokenizer(info.tokenizer_json, self.path)
-        self.cache_dtype = np.dtype(dev.ORT_DTYPES[cache_type])
-        rowwise = info.variant in ROWWISE_VARIANTS
+        self.cache_dtype = np.dtype(cache_dtype)
         self.format_version: int = info.spec.version
-        calls = dev.device_calls(session, device, info.spec, rowwise)
+        calls = dev.device_calls(session, device, info.spec)
         self.layout = Layout(self.config, self.cache_dtype, calls, info.spec)
 
     def __repr__(self) -> str:

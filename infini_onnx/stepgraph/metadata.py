@@ -31,7 +31,7 @@ class StepGraphInfo:
     """What a step graph says about itself."""
 
     config: InfiniConfig
-    variant: str  # fp32 | fp16 | int8 | int8-static | int4
+    variant: str  # a name of the variant table (variants.py)
     model_id: str  # sha256 of the source model directory (modeldir.model_id)
     tokenizer_json: str | None = None  # tokenizer.json text, if the model has one
     spec: StateSpec = LATEST  # the format version's state contract

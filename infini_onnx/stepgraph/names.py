@@ -7,7 +7,7 @@ Every stage spells these names through this module. Pure Python.
 # Metadata keys (ONNX metadata_props, all values strings).
 KEY_FORMAT_VERSION = "infini.format_version"
 KEY_CONFIG = "infini.config"  # the whole config.json
-KEY_VARIANT = "infini.variant"  # fp32 | fp16 | int8 | int8-static | int4
+KEY_VARIANT = "infini.variant"  # a name of the variant table (variants.py)
 KEY_TOKENIZER = "infini.tokenizer"  # tokenizer.json text, when the model directory has one
 KEY_MODEL_ID = "infini.model_id"  # sha256 of config and source weights: the model's identity
 KEY_DIGEST = "infini.metadata_digest"  # sha256 of the keys above: catches edits

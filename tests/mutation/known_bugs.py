@@ -187,15 +187,9 @@ BUGS = [
     Bug(
         "positions-drift-with-the-stream",
         "infini_onnx/model/modeling.py",
-        "cos, sin = rope_cos_sin(K + new, c.head_dim, c.rope_theta, dtype)\n"
-        "    ages = ring_ages(position, K)  # [B, K]: slot j holds the token at position - "
-        "ages[:, j]\n"
-        "    ring_cos, ring_sin = rope_cos_sin(K - ages, c.head_dim, c.rope_theta, dtype)",
-        "cos, sin = rope_cos_sin(position[0] + new, c.head_dim, c.rope_theta, dtype)\n"
-        "    ages = ring_ages(position, K)  # [B, K]: slot j holds the token at position - "
-        "ages[:, j]\n"
-        "    ring_cos, ring_sin = rope_cos_sin(position[:, None] - ages, c.head_dim, "
-        "c.rope_theta, dtype)",
+        "torch.arange(K + T, device=position.device), c.head_dim, c.rope_theta, dtype",
+        "torch.arange(K + T, device=position.device) + position[0], c.head_dim, "
+        "c.rope_theta, dtype",
         ("tests/test_window.py", "-k", "far_positions"),
     ),
 ]
