@@ -100,7 +100,8 @@ def markdown(results: dict) -> str:
         "peers read the whole context). probe: the time to read a buffer of the system's "
         "weight bytes once (a float32 GEMV), the floor of a step that reads its weights. "
         "Ratios below 1 are in infini-onnx's favour, except batched decode gain: tokens/s of "
-        "the largest batch over one stream's.",
+        "the largest batch over one stream's. GenAI's files hold its cos/sin caches for "
+        "2M positions (so that it can reach 1M), which its weights MB and probe count.",
         "",
     ]
     for preset, entry in results["presets"].items():
