@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from infini_onnx.bench import machine, peers
@@ -99,16 +98,7 @@ def run_decode(
     """The whole run; writes out_dir/decode.json, decode.md, command.txt and two plots after
     every preset, and keeps the presets an earlier run left in out_dir/decode.json."""
     started = time.perf_counter()
-    run_info = {
-        "command": command,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "plan": asdict(plan),
-        "threads": threads,
-        "cpu": machine.cpu_info(),
-        "versions": machine.versions(),
-        "load_average_start": machine.load_average(),
-        "note": note,
-    }
+    run_info = machine.run_record(command, asdict(plan), threads, note)
     log(f"infini bench --decode: {run_info['cpu']['model']}, {threads} threads")
     cap = memory_cap()
     done = out_dir / "decode.json"
@@ -149,26 +139,23 @@ def run_decode(
             result["probe_ms"] = probe[name]["ms"]["median"]
             systems[name] = result
         presets[preset] = {"systems": systems, "notes": notes}
-        run_info["load_average_end"] = machine.load_average()
-        run_info["wall_seconds"] = round(time.perf_counter() - started, 1)
-        results = {
-            "run": run_info,
-            "presets": {p: presets[p] for p in plan.presets if p in presets},
-        }
-        write_results(results, out_dir)  # after every preset: a stopped run keeps them
-    run_info["load_average_end"] = machine.load_average()
-    run_info["wall_seconds"] = round(time.perf_counter() - started, 1)
-    results = {"run": run_info, "presets": {p: presets[p] for p in plan.presets}}
-    write_results(results, out_dir)
-    return results
+        write_results(run_info, started, presets, plan, out_dir)  # a stopped run keeps them
+    return write_results(run_info, started, presets, plan, out_dir)
 
 
-def write_results(results: dict, out_dir: Path) -> None:
-    """decode.json, decode.md, command.txt and the plots."""
+def write_results(
+    run_info: dict, started: float, presets: dict, plan: DecodePlan, out_dir: Path
+) -> dict:
+    """The results so far (the run's end stamps, the presets measured, in the plan's order) as
+    decode.json, decode.md, command.txt and the plots."""
     from infini_onnx.bench import decode_report
 
+    run_info["load_average_end"] = machine.load_average()
+    run_info["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results = {"run": run_info, "presets": {p: presets[p] for p in plan.presets if p in presets}}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "decode.json").write_text(json.dumps(results, indent=1) + "\n")
     (out_dir / "decode.md").write_text(decode_report.markdown(results))
     (out_dir / "command.txt").write_text(results["run"]["command"] + "\n")
     decode_report.plots(results, out_dir)
+    return results

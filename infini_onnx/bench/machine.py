@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from datetime import datetime, timezone
 from functools import partial
 from importlib import metadata
 
@@ -54,6 +55,22 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def run_record(command: str, plan: dict, threads: int, note: str, **extra) -> dict:
+    """What a run records about itself at its start: command, date, plan, threads, CPU,
+    versions, load average, the user's note (and `extra`)."""
+    return {
+        "command": command,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **extra,
+        "plan": plan,
+        "threads": threads,
+        "cpu": cpu_info(),
+        "versions": versions(),
+        "load_average_start": load_average(),
+        "note": note,
+    }
 
 
 def load_average() -> list[float]:

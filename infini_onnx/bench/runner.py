@@ -10,7 +10,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -251,17 +250,8 @@ def run(
     plan = QUICK if quick else FULL
     threads = threads or machine.cpu_info()["cores_available"]
     started = time.perf_counter()
-    run_info = {
-        "command": command,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "mode": "quick" if quick else "full",
-        "plan": asdict(plan),
-        "threads": threads,
-        "cpu": machine.cpu_info(),
-        "versions": machine.versions(),
-        "load_average_start": machine.load_average(),
-        "note": note,
-    }
+    mode = "quick" if quick else "full"
+    run_info = machine.run_record(command, asdict(plan), threads, note, mode=mode)
     log(f"infini bench ({run_info['mode']}): {run_info['cpu']['model']}, {threads} threads")
     with tempfile.TemporaryDirectory(prefix="infini-bench-") as scratch:
         tmp = Path(scratch)

@@ -180,12 +180,9 @@ def decode(job: dict, out: Path) -> None:
     if peer:  # a full-attention cache sized for the longest context it can reach
         longest = min(contexts[-1], job["peer_max_context"], job["max_cache_tokens"])
         spec.update(max_length=longest + job["decode_tokens"] + 64, chunk=512)
-    system = build_system(spec, job["threads"])
+    system = fresh(spec, job["threads"], 256)
     rng = np.random.default_rng(0)
     result = {"points": [], "stop": f"reached {contexts[-1]:,} tokens"}
-    system.ingest(rng.integers(0, 256, system.chunk))  # warm-up
-    system.decode(4)
-    system.reset()
     tokens, ingest_s = 0, 0.0
     for context in contexts:
         real = context if peer else min(context, job["real_tokens"])
