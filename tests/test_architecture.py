@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "infini_onnx"
-STAGES = ("export", "quantize", "runtime", "bench", "cli", "model", "serve")
+STAGES = ("export", "quantize", "runtime", "bench", "cli", "model", "serve", "convert")
 
 
 def module_name(path: Path) -> str:

@@ -14,6 +14,7 @@ import click
 # name -> "module:attribute" of the click command
 COMMANDS = {
     "init": "infini_onnx.cli.init_cmd:init_command",
+    "convert": "infini_onnx.cli.convert_cmd:convert_command",
     "export": "infini_onnx.cli.export_cmd:export_command",
     "quantize": "infini_onnx.cli.quantize_cmd:quantize_command",
     "stream": "infini_onnx.cli.stream_cmd:stream_command",
@@ -46,6 +47,7 @@ def main() -> None:
     \b
     Stages:
       init      write a randomly initialised model directory (no download)
+      convert   a Llama-family or Infini-attention checkpoint -> a model directory
       export    MODEL_DIR -> OUT.onnx step graph (needs the [export] extra)
       quantize  OUT.onnx -> int8 / int4 / fp16 variant
       stream    stream text of any length through an .onnx model

@@ -1,0 +1,184 @@
+"""`infini convert SRC DST`: a checkpoint directory -> an infini-llama model directory
+(docs/convert.md). Needs the [export] extra (torch, safetensors).
+
+One function per source layout reads it into (config keys, tensors, what it was); `convert`
+picks the layout, applies the user's options, checks every tensor against the shapes the
+config implies, and writes the directory atomically: on any error nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from infini_onnx import modeldir
+from infini_onnx.config import InfiniConfig
+from infini_onnx.convert import llama, nanotron, source
+from infini_onnx.errors import ModelDirError
+
+# The gate a converted Llama starts with: sigmoid(-5) = 0.0067 of each head's output comes from
+# the memory, and the gate's gradient is sigmoid'(-5) = 0.0066 of the mix's, so training can
+# open it (at -100 it would be ~1e-44: it never moves). docs/convert.md, "The gate".
+GATE_INIT = -5.0
+SEGMENT_LEN = 2048  # when neither the checkpoint nor the user gives one
+MAX_SHARD_BYTES = 4 << 30  # the output's safetensors shards
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the user may set; None keeps the layout's own value or the default."""
+
+    segment_len: int | None = None
+    local_window: int | None = None
+    memory_update: str | None = None
+    gate_init: float = GATE_INIT
+
+
+@dataclass
+class Checkpoint:
+    """A source directory read into infini-llama terms."""
+
+    layout: str  # what it was, for the report
+    keys: dict[str, Any]  # infini-llama config keys it determines
+    tensors: dict[str, torch.Tensor]  # infini-llama names
+    segment_len: int | None = None  # the layout's own, if it has one
+    memory_update: str = "delta"  # the layout's rule
+    window: bool = True  # False: the layout attends within the segment only (no local_window)
+
+
+def read_hf(src: Path, options: Options) -> Checkpoint:
+    """A Hugging Face Llama-family directory, or Beomi/InfiniTransformer's (gates present)."""
+    config_path = src / modeldir.CONFIG
+    hf = source.read_json(config_path)
+    name = llama.architecture(hf, str(config_path))
+    keys = llama.config_keys(hf, name, str(config_path))
+    tensors = source.read_tensors(src)
+    heads, kv_heads = keys["num_attention_heads"], keys["num_key_value_heads"]
+    if llama.beomi_gates(tensors, heads, kv_heads, str(src)):
+        segment = hf.get("segment_size")
+        return Checkpoint(
+            f"Beomi/InfiniTransformer ({name})",
+            keys,
+            tensors,
+            segment_len=segment if isinstance(segment, int) else None,
+            memory_update="linear",
+            window=False,
+        )
+    tensors = llama.tensors_for(tensors, keys["num_hidden_layers"], heads, options.gate_init)
+    return Checkpoint(f"Hugging Face {name}", keys, tensors)
+
+
+def read_nanotron(src: Path, options: Options) -> Checkpoint:
+    """A huggingface/nanotron infini-attention checkpoint step directory."""
+    keys, tensors, segment_len = nanotron.read(src)
+    return Checkpoint("nanotron infini-attention", keys, tensors, segment_len, "delta", False)
+
+
+def read_checkpoint(src: Path, options: Options) -> Checkpoint:
+    """The source directory in infini-llama terms, by its layout."""
+    if nanotron.is_nanotron(src):
+        return read_nanotron(src, options)
+    if (src / modeldir.CONFIG).exists() or not source.has_weights(src):
+        return read_hf(src, options)
+    source.refuse_lucidrains(src)
+    raise ModelDirError(
+        f"{src}: no config.json (convertible: a Hugging Face Llama-family or "
+        "Beomi/InfiniTransformer directory, a nanotron infini-attention checkpoint step)"
+    )
+
+
+def expected_shapes(config: InfiniConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a model directory of this config holds, and its shape."""
+    from infini_onnx.model import InfiniLlamaForCausalLM
+
+    with torch.device("meta"):
+        model = InfiniLlamaForCausalLM(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        shapes.pop("lm_head.weight")
+    return shapes
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], config: InfiniConfig, src: Path) -> None:
+    """ModelDirError naming the first missing, unexpected or misshapen tensor."""
+    expected = expected_shapes(config)
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise ModelDirError(f"{src}: missing tensor {name!r}")
+        if tuple(tensors[name].shape) != shape:
+            raise ModelDirError(
+                f"{src}: tensor {name!r} has shape {list(tensors[name].shape)}, expected "
+                f"{list(shape)} from the config"
+            )
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise ModelDirError(f"{src}: unexpected tensor {unexpected[0]!r} (not a Llama weight)")
+
+
+def convert(
+    src: str | Path, dst: str | Path, options: Options = Options(), log: Callable = print
+) -> InfiniConfig:
+    """Convert the checkpoint directory `src` into the new model directory `dst`."""
+    src, dst = modeldir.check_dir(src), Path(dst)
+    if os.path.lexists(dst) and (not dst.is_dir() or dst.is_symlink() or any(dst.iterdir())):
+        raise ModelDirError(f"{dst}: exists and is not an empty directory; choose a new one")
+    checkpoint = read_checkpoint(src, options)
+    keys = dict(checkpoint.keys)
+    keys["segment_len"] = options.segment_len or checkpoint.segment_len or SEGMENT_LEN
+    keys["memory_update"] = options.memory_update or checkpoint.memory_update
+    if options.local_window is not None:
+        keys["local_window"] = options.local_window
+    elif checkpoint.window and "local_window" not in keys:
+        keys["local_window"] = keys["segment_len"]
+    config = InfiniConfig.from_dict(
+        {**keys, "model_type": "infini-llama"}, source=f"{src} (converted config)"
+    )
+    check_tensors(checkpoint.tensors, config, src)
+    tokenizer = modeldir.tokenizer_text(src)
+    if tokenizer is not None:
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_str(tokenizer)
+        except Exception as e:  # tokenizers raises its own Exception subclasses
+            raise ModelDirError(f"{src / modeldir.TOKENIZER}: not a tokenizer ({e})") from None
+    _write(dst, config, checkpoint.tensors, tokenizer)
+    n = sum(t.numel() for t in checkpoint.tensors.values())
+    window = config.local_window if config.local_window is not None else "the segment"
+    log(
+        f"wrote {dst}: {checkpoint.layout}, {n / 1e6:.2f}M parameters, segment_len "
+        f"{config.segment_len}, local_window {window}, {config.memory_update} memory"
+        + ("" if tokenizer else "; no tokenizer.json (the model runs on token ids)")
+    )
+    return config
+
+
+def _write(
+    dst: Path, config: InfiniConfig, tensors: dict[str, torch.Tensor], tokenizer: str | None
+) -> None:
+    """Write the directory beside dst and rename it into place (nothing left on failure)."""
+    parent = dst.parent if str(dst.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    try:
+        from infini_onnx.model import weights
+
+        (tmp / modeldir.CONFIG).write_text(config.to_json())
+        contiguous = {k: v.contiguous() for k, v in tensors.items()}
+        size = sum(t.numel() * t.element_size() for t in contiguous.values())
+        weights.save_tensors(contiguous, tmp, MAX_SHARD_BYTES if size > MAX_SHARD_BYTES else None)
+        if tokenizer is not None:
+            (tmp / modeldir.TOKENIZER).write_text(tokenizer)
+        if dst.is_dir():
+            dst.rmdir()  # empty (checked above)
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
