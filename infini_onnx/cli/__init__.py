@@ -16,6 +16,7 @@ COMMANDS = {
     "init": "infini_onnx.cli.init_cmd:init_command",
     "convert": "infini_onnx.cli.convert_cmd:convert_command",
     "export": "infini_onnx.cli.export_cmd:export_command",
+    "inspect": "infini_onnx.cli.inspect_cmd:inspect_command",
     "quantize": "infini_onnx.cli.quantize_cmd:quantize_command",
     "stream": "infini_onnx.cli.stream_cmd:stream_command",
     "generate": "infini_onnx.cli.stream_cmd:generate_command",
@@ -50,6 +51,7 @@ def main() -> None:
       convert   a Llama-family or Infini-attention checkpoint -> a model directory
       export    MODEL_DIR -> OUT.onnx step graph (needs the [export] extra)
       quantize  OUT.onnx -> int8 / int4 / fp16 variant
+      inspect   memory health: gates, memory growth, float32 limits of z
       stream    stream text of any length through an .onnx model
       generate  generate text from a prompt
       demo      the pass-key demo: find a key hidden in a long stream

@@ -198,6 +198,7 @@ def export_model(
                 dtype,
                 modeldir.model_id(model_dir),
                 modeldir.tokenizer_text(model_dir),
+                gates=[layer.self_attn.gate.tolist() for layer in model.model.layers],
             )
             n = finalize(onnx_model, opset, info.to_props())
             s.detail = f"{n} memory-path nodes"

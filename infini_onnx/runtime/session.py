@@ -63,6 +63,7 @@ class InfiniModel:
         self.model_id: str = info.model_id
         self.variant: str = info.variant
         self.tokenizer: Tokenizer | None = _tokenizer(info.tokenizer_json, self.path)
+        self.gates: list[list[float]] | None = info.gates  # [L][H] gate logits, if recorded
         self.cache_dtype = np.dtype(cache_dtype)
         self.format_version: int = info.spec.version
         calls = dev.device_calls(session, device, info.spec)

@@ -17,13 +17,14 @@ from infini_onnx.stepgraph.names import (
     KEY_CONFIG,
     KEY_DIGEST,
     KEY_FORMAT_VERSION,
+    KEY_GATES,
     KEY_MODEL_ID,
     KEY_TOKENIZER,
     KEY_VARIANT,
 )
 from infini_onnx.stepgraph.state_spec import LATEST, SPECS, StateSpec
 
-SIGNED_KEYS = (KEY_FORMAT_VERSION, KEY_CONFIG, KEY_VARIANT, KEY_MODEL_ID, KEY_TOKENIZER)
+SIGNED_KEYS = (KEY_FORMAT_VERSION, KEY_CONFIG, KEY_VARIANT, KEY_MODEL_ID, KEY_TOKENIZER, KEY_GATES)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class StepGraphInfo:
     model_id: str  # sha256 of the source model directory (modeldir.model_id)
     tokenizer_json: str | None = None  # tokenizer.json text, if the model has one
     spec: StateSpec = LATEST  # the format version's state contract
+    gates: list[list[float]] | None = None  # [L][H] gate logits (files before 0.2: none)
 
     def to_props(self) -> dict[str, str]:
         """The metadata_props of the file, with the digest of the others."""
@@ -46,6 +48,8 @@ class StepGraphInfo:
         }
         if self.tokenizer_json is not None:
             props[KEY_TOKENIZER] = self.tokenizer_json
+        if self.gates is not None:
+            props[KEY_GATES] = json.dumps(self.gates)
         return {**props, KEY_DIGEST: digest(props)}
 
     @classmethod
@@ -85,13 +89,32 @@ class StepGraphInfo:
             raise ModelFileError(
                 f"{source}: metadata {KEY_CONFIG!r} is not JSON ({type(e).__name__})"
             ) from None
+        config = InfiniConfig.from_dict(config_dict, source=f"{source} metadata")
         return cls(
-            config=InfiniConfig.from_dict(config_dict, source=f"{source} metadata"),
+            config=config,
             variant=props.get(KEY_VARIANT, "fp32"),
             model_id=props[KEY_MODEL_ID],
             tokenizer_json=props.get(KEY_TOKENIZER),
             spec=spec,
+            gates=_gates(props.get(KEY_GATES), config, source),
         )
+
+
+def _gates(text: str | None, config: InfiniConfig, source: str) -> list[list[float]] | None:
+    """The gates' metadata, checked to be [L][H] numbers."""
+    if text is None:
+        return None
+    L, H = config.num_hidden_layers, config.num_attention_heads
+    try:
+        gates = json.loads(text)
+        ok = len(gates) == L and all(
+            len(row) == H and all(isinstance(g, (int, float)) for g in row) for row in gates
+        )
+    except (ValueError, RecursionError, TypeError):
+        ok = False
+    if not ok:
+        raise ModelFileError(f"{source}: metadata {KEY_GATES!r} is not [{L}][{H}] numbers")
+    return gates
 
 
 def digest(props: Mapping[str, str]) -> str:
