@@ -2,11 +2,12 @@
 
     python examples/train_passkey.py OUT_DIR [--init-from MODEL_DIR] [--virtual-max C] ...
 
-Deterministic for a seed (same machine, same thread count). Prints a progress line every
---log-every steps (loss, answer accuracy, gate, rho, minutes so far and left) and the pass-key
-accuracy at --eval-lengths every --eval-every steps; writes the model directory and
-training.json (config and evaluations). The stages of the shipped model are in its model card;
-the method in docs/training.md.
+Deterministic for a seed (same machine, same thread count). The pass-key task is a recipe of
+`infini train`'s engine (infini_onnx/trainer.py). Prints a progress line every --log-every steps
+(loss, mean gate, answer accuracy, length, minutes so far and left) and the pass-key accuracy at
+--eval-lengths and the largest rho every --eval-every steps; writes the model directory and
+training.json (the loop's and the task's config, every step's loss, the evaluations). The
+stages of the shipped model are in its model card; the method in docs/training.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Train an infini-llama on the pass-key task (PyTorch), backpropagating through the memory.
+"""The pass-key task: a recipe of the trainer (trainer.py), backpropagating through the memory.
 
 Samples are a few segments long (a curriculum up to `max_len` bytes). With `virtual_max` > 1
 each filler byte's memory write counts c times, so that a short sample dilutes the memory like
@@ -9,13 +9,12 @@ model segment by segment. The method and its limits: docs/training.md.
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from infini_onnx.config import preset_config
 from infini_onnx.model import InfiniLlamaForCausalLM
 from infini_onnx.model.modeling import sigma
 from infini_onnx.tokenizer import byte_level_tokenizer
+from infini_onnx.trainer import LoopConfig, train
 
 # The model: head_dim 128 and the delta rule (docs/training.md), 64-byte segments.
 PASSKEY_MODEL = dict(
@@ -234,79 +234,83 @@ def retrieval_margin(
     return total / samples
 
 
+class PasskeyRecipe:
+    """The pass-key task as a recipe of the trainer (trainer.py): batches of `make_batch` at
+    the curriculum's length, the answer-weighted loss, pass-key accuracy and rho as the
+    evaluation."""
+
+    def __init__(self, cfg: TrainConfig, segment_len: int):
+        self.cfg, self.segment_len = cfg, segment_len
+        self.rng = random.Random(cfg.seed)
+        self.n_answer = len(encode(passkey.answer("00000")))
+
+    def step(self, model, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        growth = min(max(step - cfg.short_steps, 0) / cfg.curriculum_steps, 1.0)
+        longest = int(cfg.short_len + growth * (cfg.max_len - cfg.short_len))
+        length = round(math.exp(self.rng.uniform(math.log(cfg.min_len), math.log(longest))))
+        ids, targets, write_weights = make_batch(
+            self.rng, cfg, cfg.batch_size, length, self.segment_len
+        )
+        ids, targets = ids.to(cfg.device), targets.to(cfg.device)
+        if write_weights is not None:
+            write_weights = write_weights.to(cfg.device)
+        logits, _ = model(ids, write_weights=write_weights)
+        loss = answer_weighted_loss(logits, targets, self.n_answer, cfg.answer_weight)
+        hits = logits[:, -self.n_answer :].argmax(-1) == targets[:, -self.n_answer :]
+        return loss, {"answer_acc": hits.float().mean().item(), "len": float(ids.shape[1] + 1)}
+
+    def evaluate(self, model: InfiniLlamaForCausalLM, step: int) -> dict[str, Any]:
+        if step == 0:  # a new model finds nothing; evaluations start after training
+            return {}
+        accuracy = evaluate(model, self.cfg.eval_lengths, self.cfg.eval_trials)
+        rho = retrieval_margin(model)  # log10 rho [L, H]
+        where = divmod(int(rho.argmax()), rho.shape[1])
+        return {
+            "accuracy": {str(n): a for n, a in accuracy.items()},
+            "log10_rho": f"{rho.max():.2f} (layer {where[0]} head {where[1]})",
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+
+
 def train_passkey(
     out_dir: str | Path, cfg: TrainConfig, log: Callable[[str], None] = print
-) -> dict[int, float]:
-    """Train from a fresh `infini init`-style model and save the model directory to out_dir."""
+) -> dict[str, float]:
+    """Train from a fresh `infini init`-style model (or cfg.init_from) with the trainer and save
+    the model directory to out_dir; returns the last pass-key accuracy by length."""
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)  # sigma = elu + 1 makes tiny values; denormals are slow
-    rng = random.Random(cfg.seed)
     window = dict(local_window=cfg.local_window) if cfg.local_window else {}
     if cfg.init_from:
         model = InfiniLlamaForCausalLM.from_pretrained(cfg.init_from, **window)
     else:
         model = InfiniLlamaForCausalLM(preset_config("tiny", **PASSKEY_MODEL, **window))
         model.init_weights(cfg.seed)
-    model.to(cfg.device).train()
-    gates = [p for n, p in model.named_parameters() if n.endswith("self_attn.gate")]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("norm.weight")]
-    rest = [p for p in model.parameters() if all(p is not q for q in gates + no_decay)]
-    optimizer = torch.optim.AdamW(
-        [
-            dict(params=rest, weight_decay=cfg.weight_decay),
-            dict(params=no_decay, weight_decay=0.0),
-            dict(params=gates, weight_decay=0.0, lr=cfg.gate_lr),
-        ],
+    loop = LoopConfig(
+        steps=cfg.steps,
         lr=cfg.lr,
-        betas=(0.9, 0.95),
+        gate_lr=cfg.gate_lr,
+        weight_decay=cfg.weight_decay,
+        warmup=cfg.warmup,
+        log_every=cfg.log_every,
+        checkpoint_every=0,
+        eval_every=cfg.eval_every,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        device=cfg.device,
     )
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    history, start = [], time.perf_counter()
-    n_answer = len(encode(passkey.answer("00000")))
-    segment_len = model.config.segment_len
-    for step in range(1, cfg.steps + 1):
-        growth = min(max(step - cfg.short_steps, 0) / cfg.curriculum_steps, 1.0)
-        longest = int(cfg.short_len + growth * (cfg.max_len - cfg.short_len))
-        length = round(math.exp(rng.uniform(math.log(cfg.min_len), math.log(longest))))
-        ids, targets, write_weights = make_batch(rng, cfg, cfg.batch_size, length, segment_len)
-        ids, targets = ids.to(cfg.device), targets.to(cfg.device)
-        if write_weights is not None:
-            write_weights = write_weights.to(cfg.device)
-        scale = min(step / cfg.warmup, 1.0) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        for group, lr in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = lr * scale
-        logits, _ = model(ids, write_weights=write_weights)
-        loss = answer_weighted_loss(logits, targets, n_answer, cfg.answer_weight)
-        answer_acc = (logits[:, -n_answer:].argmax(-1) == targets[:, -n_answer:]).float().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        elapsed = time.perf_counter() - start
-        evaluating = step % cfg.eval_every == 0 or step == cfg.steps
-        if step % cfg.log_every == 0 or evaluating:
-            rho = retrieval_margin(model)  # log10 rho [L, H], once per step
-        if step % cfg.log_every == 0:
-            where = divmod(int(rho.argmax()), rho.shape[1])
-            eta = elapsed / step * (cfg.steps - step)
-            log(
-                f"step {step}/{cfg.steps} len {ids.shape[1] + 1} loss {loss.item():.3f} "
-                f"answer-acc {answer_acc.item():.2f} gate {torch.sigmoid(gates[-1]).mean():.2f} "
-                f"rho 1e{rho.max():.1f} (layer {where[0]} head {where[1]}) "
-                f"{elapsed / 60:.1f} min, {eta / 60:.0f} min left"
-            )
-        if evaluating:
-            model.eval()
-            acc = evaluate(model, cfg.eval_lengths, cfg.eval_trials)
-            model.train()
-            history.append(
-                dict(step=step, minutes=elapsed / 60, accuracy=acc, log10_rho=rho.tolist())
-            )
-            log("eval " + "  ".join(f"{n}: {a:.0%}" for n, a in acc.items()))
-    model.cpu().eval()
-    model.save_pretrained(out_dir, tokenizer_json=byte_level_tokenizer().to_str(pretty=True))
-    (Path(out_dir) / "training.json").write_text(
-        json.dumps(dict(config=asdict(cfg), history=history), indent=2) + "\n"
+    history = train(
+        model,
+        PasskeyRecipe(cfg, model.config.segment_len),
+        loop,
+        out_dir,
+        tokenizer_json=byte_level_tokenizer().to_str(pretty=True),
+        recipe_config=asdict(cfg),
+        log=log,
     )
-    return history[-1]["accuracy"] if history else {}
+    evals = [row["eval"]["accuracy"] for row in history if "eval" in row]
+    return evals[-1] if evals else {}

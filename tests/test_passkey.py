@@ -59,7 +59,7 @@ def test_training_is_deterministic_and_writes_a_loadable_model(tmp_path):
     assert not torch.equal(
         fresh.model.layers[0].self_attn.q_proj.weight, a.model.layers[0].self_attn.q_proj.weight
     )
-    assert any(line.startswith("eval 300:") for line in logs)
+    assert any(line.startswith("eval at step 3: accuracy {'300'") for line in logs)
     assert a.config.local_window == 40  # trained with the window it is saved with
     assert (tmp_path / "a" / "training.json").is_file()
     assert (tmp_path / "a" / "tokenizer.json").is_file()

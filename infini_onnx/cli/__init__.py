@@ -17,6 +17,7 @@ COMMANDS = {
     "convert": "infini_onnx.cli.convert_cmd:convert_command",
     "export": "infini_onnx.cli.export_cmd:export_command",
     "inspect": "infini_onnx.cli.inspect_cmd:inspect_command",
+    "train": "infini_onnx.cli.train_cmd:train_command",
     "quantize": "infini_onnx.cli.quantize_cmd:quantize_command",
     "stream": "infini_onnx.cli.stream_cmd:stream_command",
     "generate": "infini_onnx.cli.stream_cmd:generate_command",
@@ -51,6 +52,7 @@ def main() -> None:
       convert   a Llama-family or Infini-attention checkpoint -> a model directory
       export    MODEL_DIR -> OUT.onnx step graph (needs the [export] extra)
       quantize  OUT.onnx -> int8 / int4 / fp16 variant
+      train     continue pre-training a model directory on text (torchrun for several)
       inspect   memory health: gates, memory growth, float32 limits of z
       stream    stream text of any length through an .onnx model
       generate  generate text from a prompt
