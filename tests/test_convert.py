@@ -192,11 +192,19 @@ def edit_config(src: Path, **changes) -> Path:
         (dict(architectures=["Qwen2ForCausalLM"]), "Qwen2ForCausalLM does not convert: its q/k/v"),
         (dict(architectures=["BertForMaskedLM"]), "BertForMaskedLM does not convert"),
         (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling 'llama3'"),
-        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}), "rope_scaling 'yarn'"),
+        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}), "rope_parameters 'yarn'"),
         (dict(hidden_act="gelu"), "hidden_act 'gelu'"),
         (dict(attention_bias=True), "attention_bias true"),
         (dict(hidden_size="64"), "'hidden_size' must be int"),
         (dict(num_attention_heads=3), "num_attention_heads"),
+        (dict(num_attention_heads=-4), "'num_attention_heads' must be >= 1"),
+        (dict(num_hidden_layers=10**9), "sizes too large"),  # refused before any allocation
+        (dict(architectures="LlamaForCausalLM"), "'architectures' must be a list"),
+        (
+            dict(rope_scaling={"rope_type": "default"}, rope_parameters={"rope_type": "linear"}),
+            "rope_parameters 'linear'",
+        ),  # fmt: skip
+        (dict(architectures=["MistralForCausalLM"], sliding_window=32768), "--local-window"),
     ],
 )
 def test_unconvertible_configs_get_one_line_and_write_nothing(tmp_path, change, words):
@@ -246,12 +254,20 @@ def test_hostile_directories_get_one_line_and_write_nothing(tmp_path):
     (src / "config.json").write_text(config)
     assert not out.exists()
 
-    # a pickle-only checkpoint
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    (pickled / "config.json").write_text(config)
-    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04")
-    one_line_error(infini("convert", pickled, out), "pickle checkpoints are not read")
+    # pickle-only checkpoints, with or without a config
+    for name, with_config in (("pytorch_model.bin", True), ("consolidated.00.pth", False)):
+        pickled = tmp_path / f"pickled-{name}"
+        pickled.mkdir()
+        if with_config:
+            (pickled / "config.json").write_text(config)
+        (pickled / name).write_bytes(b"\x80\x04")
+        one_line_error(infini("convert", pickled, out), "pickle checkpoints are not read")
+
+    # destinations: inside the source, under a file (nothing created on the way)
+    one_line_error(infini("convert", src, src / "converted"), "inside the source directory")
+    (tmp_path / "a-file").write_text("x")
+    one_line_error(infini("convert", src, tmp_path / "a-file" / "sub"), "is not a directory")
+    one_line_error(infini("convert", src, "."), "name a new directory")
 
     # a destination that is not empty
     out.mkdir()
@@ -302,7 +318,7 @@ def nanotron_checkpoint(path: Path, model_dir: Path, act: str = "orig_sigmoid", 
     (path / "model_config.json").write_text(json.dumps(hf))
     (path / "config.yaml").write_text(
         "general:\n  project: infini\ninfini_attention:\n  segment_length: 32\n"
-        f"  turn_on_memory: true\n  balance_act_type: {act}\n  balance_init_type: zeros\n"
+        f"  balance_init_type: zeros\n  balance_act_type: {act}\n"
     )
     sharded = f"_pp-rank-0-of-1_tp-rank-0-of-{tp}"
 
@@ -390,7 +406,8 @@ def test_nanotron_checkpoint_converts_to_the_same_model(tmp_path, model_dir_fact
     "act,tp,words",
     [
         ("orig_tanh", "1", "balance_act_type 'orig_tanh' does not convert"),
-        ("orig_sigmoid", "2", "merge the checkpoint to one rank"),
+        ("orig_sigmoid", "2", "merge the checkpoint to one tensor-parallel rank"),
+        ("orig_sigmoid\n  turn_on_memory: false", "1", "turn_on_memory is not true"),
     ],
 )
 def test_nanotron_refusals(tmp_path, model_dir_factory, act, tp, words):

@@ -48,8 +48,9 @@ def convert_command(
     memory_update: str | None,
     gate_init: float,
 ) -> None:
-    """Convert a Hugging Face Llama-family (Llama, Mistral) or Beomi/InfiniTransformer
-    checkpoint directory SRC into the infini-llama model directory DST (docs/convert.md)."""
+    """Convert a checkpoint directory SRC (Hugging Face Llama or Mistral, Beomi/InfiniTransformer,
+    or a nanotron infini-attention checkpoint step) into the new infini-llama model directory
+    DST (docs/convert.md). On any error: one line, nothing written."""
     from infini_onnx.convert import Options, convert
 
     options = Options(segment_len, local_window, memory_update, gate_init)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from infini_onnx import modeldir
-from infini_onnx.config import InfiniConfig
+from infini_onnx.config import MAX_SEGMENT_LEN, InfiniConfig
 from infini_onnx.convert import llama, nanotron, source
 from infini_onnx.errors import ModelDirError
 
@@ -59,15 +59,19 @@ def read_hf(src: Path, options: Options) -> Checkpoint:
     hf = source.read_json(config_path)
     name = llama.architecture(hf, str(config_path))
     keys = llama.config_keys(hf, name, str(config_path))
+    check_sizes(keys, str(config_path))  # before any tensor is read or made
     tensors = source.read_tensors(src)
     heads, kv_heads = keys["num_attention_heads"], keys["num_key_value_heads"]
     if llama.beomi_gates(tensors, heads, kv_heads, str(src)):
+        keys.pop("local_window", None)  # Beomi's attention stops at the segment start
         segment = hf.get("segment_size")
+        if segment is not None and (not isinstance(segment, int) or isinstance(segment, bool)):
+            raise ModelDirError(f"{config_path}: key 'segment_size' must be int, got {segment!r}")
         return Checkpoint(
             f"Beomi/InfiniTransformer ({name})",
             keys,
-            tensors,
-            segment_len=segment if isinstance(segment, int) else None,
+            llama.tensors_for(tensors, keys["num_hidden_layers"], heads, options.gate_init),
+            segment_len=segment,
             memory_update="linear",
             window=False,
         )
@@ -75,14 +79,25 @@ def read_hf(src: Path, options: Options) -> Checkpoint:
     return Checkpoint(f"Hugging Face {name}", keys, tensors)
 
 
+def check_sizes(keys: dict[str, Any], source: str) -> None:
+    """Validate a source's config keys as infini-llama's (sizes, heads, ids, the largest model
+    and state) before anything is allocated from them."""
+    sizes = {k: v for k, v in keys.items() if k != "local_window"}  # may be overridden: later
+    InfiniConfig.from_dict(
+        {"segment_len": 1, "memory_update": "delta", **sizes, "model_type": "infini-llama"},
+        source=source,
+    )
+
+
 def read_nanotron(src: Path, options: Options) -> Checkpoint:
     """A huggingface/nanotron infini-attention checkpoint step directory."""
-    keys, tensors, segment_len = nanotron.read(src)
+    keys, tensors, segment_len = nanotron.read(src, check_sizes)
     return Checkpoint("nanotron infini-attention", keys, tensors, segment_len, "delta", False)
 
 
 def read_checkpoint(src: Path, options: Options) -> Checkpoint:
     """The source directory in infini-llama terms, by its layout."""
+    source.refuse_pickle(src)
     if nanotron.is_nanotron(src):
         return read_nanotron(src, options)
     if (src / modeldir.CONFIG).exists() or not source.has_weights(src):
@@ -127,12 +142,19 @@ def convert(
 ) -> InfiniConfig:
     """Convert the checkpoint directory `src` into the new model directory `dst`."""
     src, dst = modeldir.check_dir(src), Path(dst)
-    if os.path.lexists(dst) and (not dst.is_dir() or dst.is_symlink() or any(dst.iterdir())):
-        raise ModelDirError(f"{dst}: exists and is not an empty directory; choose a new one")
+    check_destination(src, dst)
     checkpoint = read_checkpoint(src, options)
     keys = dict(checkpoint.keys)
-    keys["segment_len"] = options.segment_len or checkpoint.segment_len or SEGMENT_LEN
+    keys["segment_len"] = next(
+        n for n in (options.segment_len, checkpoint.segment_len, SEGMENT_LEN) if n is not None
+    )
     keys["memory_update"] = options.memory_update or checkpoint.memory_update
+    window = keys.get("local_window")
+    if options.local_window is None and window is not None and window > MAX_SEGMENT_LEN:
+        raise ModelDirError(
+            f"{src}: sliding_window {window} is more than infini-llama's largest local window "
+            f"({MAX_SEGMENT_LEN}); choose one with --local-window"
+        )
     if options.local_window is not None:
         keys["local_window"] = options.local_window
     elif checkpoint.window and "local_window" not in keys:
@@ -160,14 +182,33 @@ def convert(
     return config
 
 
+def check_destination(src: Path, dst: Path) -> None:
+    """Refuse, before reading anything, a destination that is not a new or empty directory
+    outside SRC."""
+    if dst.name in ("", ".", ".."):
+        raise ModelDirError(f"{dst}: name a new directory")
+    if os.path.lexists(dst) and (not dst.is_dir() or dst.is_symlink() or any(dst.iterdir())):
+        raise ModelDirError(f"{dst}: exists and is not an empty directory; choose a new one")
+    resolved = dst.resolve()
+    if resolved == src.resolve() or src.resolve() in resolved.parents:
+        raise ModelDirError(f"{dst}: inside the source directory {src}; choose another place")
+    existing = next((p for p in dst.parents if os.path.lexists(p)), Path("."))
+    if not existing.is_dir():
+        raise ModelDirError(f"{dst}: cannot write ({existing} is not a directory)")
+
+
 def _write(
     dst: Path, config: InfiniConfig, tensors: dict[str, torch.Tensor], tokenizer: str | None
 ) -> None:
-    """Write the directory beside dst and rename it into place (nothing left on failure)."""
-    parent = dst.parent if str(dst.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    """Write the directory beside dst and rename it into place; on failure nothing is left,
+    not even the parents it created, and the error is one ModelDirError."""
+    from safetensors import SafetensorError
+
+    created = [p for p in dst.parents if not os.path.lexists(p)]
+    tmp = None
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
         from infini_onnx.model import weights
 
         (tmp / modeldir.CONFIG).write_text(config.to_json())
@@ -179,6 +220,12 @@ def _write(
         if dst.is_dir():
             dst.rmdir()  # empty (checked above)
         tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:  # the innermost first
+            shutil.rmtree(parent, ignore_errors=True)
+        if isinstance(e, (OSError, SafetensorError)):
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise ModelDirError(f"{dst}: cannot write ({reason})") from None
         raise

@@ -38,7 +38,9 @@ DROPPED_SUFFIXES = ("self_attn.rotary_emb.inv_freq",)
 def architecture(hf: dict[str, Any], source: str) -> str:
     """The checkpoint's architecture name, if it is one that maps (ModelDirError otherwise)."""
     names = hf.get("architectures")
-    if isinstance(names, list) and names and isinstance(names[0], str):
+    if names is not None and not (isinstance(names, list) and names and isinstance(names[0], str)):
+        raise ModelDirError(f"{source}: 'architectures' must be a list of names, got {names!r}")
+    if names:
         name = names[0]
     elif isinstance(hf.get("model_type"), str):
         name = MODEL_TYPES.get(hf["model_type"], hf["model_type"])
@@ -77,6 +79,19 @@ def _token_id(hf: dict[str, Any], key: str, default: int, source: str) -> int:
     return value
 
 
+def rope_kind(rope: object) -> object:
+    """The RoPE type of a rope_scaling / rope_parameters value ("default" when absent); a
+    per-layer-type dict of them (transformers 5) is "default" only if all are."""
+    if rope is None or rope is False or rope == {}:
+        return "default"
+    if not isinstance(rope, dict):
+        return rope
+    if all(isinstance(v, dict) for v in rope.values()):
+        kinds = [rope_kind(v) for v in rope.values()]
+        return next((k for k in kinds if k != "default"), "default")
+    return rope.get("rope_type", rope.get("type", "default"))
+
+
 def _rope_theta(rope: object) -> object:
     """rope_theta from transformers 5's rope_parameters, else Llama's default."""
     return rope.get("rope_theta", 10000.0) if isinstance(rope, dict) else 10000.0
@@ -86,7 +101,7 @@ def config_keys(hf: dict[str, Any], name: str, source: str) -> dict[str, Any]:
     """infini-llama's config keys from a Hugging Face config.json (defaults as transformers'
     LlamaConfig has them), after refusing what does not map."""
     act = hf.get("hidden_act", "silu")
-    if act != "silu":
+    if act not in ("silu", "swish"):  # transformers' two names of x * sigmoid(x)
         raise ModelDirError(f"{source}: hidden_act {act!r} does not convert (SwiGLU needs 'silu')")
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
@@ -94,13 +109,14 @@ def config_keys(hf: dict[str, Any], name: str, source: str) -> dict[str, Any]:
                 f"{source}: {key} true does not convert (infini-llama has no biases)"
             )
     # transformers 4 writes rope_theta and rope_scaling; 5 writes rope_parameters (both)
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling")
-    kind = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
-    if rope is not None and kind != "default":
-        raise ModelDirError(
-            f"{source}: rope_scaling {kind!r} does not convert (infini-llama has plain RoPE; "
-            "its window keeps positions small, so no scaling is needed for long streams)"
-        )
+    rope = hf.get("rope_parameters")
+    for key in ("rope_scaling", "rope_parameters"):
+        kind = rope_kind(hf.get(key))
+        if kind != "default":
+            raise ModelDirError(
+                f"{source}: {key} {kind!r} does not convert (infini-llama has plain RoPE; its "
+                "window keeps positions small, so no scaling is needed for long streams)"
+            )
     heads = _get(hf, "num_attention_heads", int, source)
     hidden = _get(hf, "hidden_size", int, source)
     head_dim = hf.get("head_dim") or (hidden // heads if heads > 0 else 0)

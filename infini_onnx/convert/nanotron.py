@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ def read_run(src: Path) -> dict[str, Any]:
     import yaml
 
     path = modeldir.member(src, RUN)
+    if path.stat().st_size > source.MAX_JSON_BYTES:
+        raise ModelDirError(f"{path}: {path.stat().st_size:,} bytes, too large for a config")
     try:
         run = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, ValueError, RecursionError) as e:
@@ -58,6 +61,11 @@ def read_run(src: Path) -> dict[str, Any]:
     block = run.get("infini_attention") if isinstance(run, dict) else None
     if not isinstance(block, dict):
         raise ModelDirError(f"{path}: no infini_attention block (not an infini-attention run)")
+    if block.get("turn_on_memory", True) is not True:
+        raise ModelDirError(
+            f"{path}: turn_on_memory is not true: that run computes local attention only, "
+            "which no infini-llama gate reproduces exactly"
+        )
     act = block.get("balance_act_type", "orig_sigmoid")
     if act != "orig_sigmoid":
         raise ModelDirError(
@@ -65,8 +73,8 @@ def read_run(src: Path) -> dict[str, Any]:
             "sigmoid: only orig_sigmoid maps)"
         )
     segment = block.get("segment_length")
-    if not isinstance(segment, int) or isinstance(segment, bool):
-        raise ModelDirError(f"{path}: infini_attention.segment_length must be an integer")
+    if not isinstance(segment, int) or isinstance(segment, bool) or segment < 1:
+        raise ModelDirError(f"{path}: infini_attention.segment_length must be an integer >= 1")
     return block
 
 
@@ -84,13 +92,20 @@ def parameter_files(src: Path) -> dict[str, Path]:
             match = _FILE.fullmatch(name.removesuffix(".safetensors"))
             if match is None:
                 raise ModelDirError(f"{path}: not a nanotron parameter file name")
-            if match.group(2) and (match.group(4) != "1" or match.group(6) != "1"):
-                raise ModelDirError(
-                    f"{path}: a shard of a parameter split over pipeline or tensor-parallel "
-                    "ranks; merge the checkpoint to one rank with nanotron first"
-                )
+            if match.group(2):
+                pp, pp_size, tp, tp_size = (int(match.group(i)) for i in (3, 4, 5, 6))
+                if not (pp < pp_size and tp < tp_size):
+                    raise ModelDirError(f"{path}: a rank outside its group in the file name")
+                if tp_size != 1:  # pipeline stages hold whole parameters; tensor ranks do not
+                    raise ModelDirError(
+                        f"{path}: a shard of a parameter split over {tp_size} tensor-parallel "
+                        "ranks; merge the checkpoint to one tensor-parallel rank with nanotron"
+                    )
             parts = Path(folder).relative_to(root).parts
-            files[".".join((*parts, match.group("name")))] = path
+            name = ".".join((*parts, match.group("name")))
+            if name in files:
+                raise ModelDirError(f"{path}: a second file for parameter {name!r}")
+            files[name] = path
             if len(files) > MAX_FILES:
                 raise ModelDirError(f"{root}: more than {MAX_FILES:,} parameter files")
     if not files:
@@ -108,6 +123,10 @@ def read_data(path: Path) -> torch.Tensor:
         raise ModelDirError(f"{path}: truncated or corrupt safetensors file ({e})") from None
 
 
+def rest_is_fused(name: str) -> bool:
+    return name.endswith(("attn.qkv_proj.weight", "mlp.gate_up_proj.weight"))
+
+
 def interleaved_to_halves(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """q or k rows [heads * d, D] of a model with interleaved RoPE pairs (0, 1), (2, 3), ...
     reordered for rotate_half's pairs (i, i + d/2): per head, even rows then odd rows."""
@@ -116,19 +135,27 @@ def interleaved_to_halves(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return w.transpose(1, 2).reshape(weight.shape)
 
 
-def read(src: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], int]:
-    """(config keys, infini-llama tensors, segment length) of a nanotron step directory."""
+def read(
+    src: Path, check_sizes: Callable[[dict, str], None]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], int]:
+    """(config keys, infini-llama tensors, segment length) of a nanotron step directory; the
+    keys pass `check_sizes` before any tensor is read."""
     config_path = src / CONFIG
     hf = source.read_json(config_path)
     keys = llama.config_keys(hf, "LlamaForCausalLM", str(config_path))
+    check_sizes(keys, str(config_path))
     block = read_run(src)
     H, G, d = keys["num_attention_heads"], keys["num_key_value_heads"], keys["head_dim"]
     interleaved = hf.get("rope_interleaved", True)  # nanotron's default
+    if not isinstance(interleaved, bool):
+        raise ModelDirError(f"{config_path}: key 'rope_interleaved' must be bool")
     tensors: dict[str, torch.Tensor] = {}
     for name, path in parameter_files(src).items():
         t = read_data(path)
         if not t.is_floating_point():
             raise ModelDirError(f"{path}: dtype {t.dtype}, not a float")
+        if rest_is_fused(name) and t.ndim != 2:
+            raise ModelDirError(f"{path}: a {t.ndim}-d tensor, expected a matrix")
         layer = _LAYER.fullmatch(name)
         prefix, rest = (f"model.layers.{layer.group(1)}.", layer.group(2)) if layer else ("", name)
         if rest == "attn.qkv_proj.weight":

@@ -14,8 +14,8 @@ from infini_onnx import modeldir
 from infini_onnx.errors import ModelDirError
 from infini_onnx.model import weights
 
-# Files that need pickle to read: loading one can run any code, so they are refused by name.
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+# Files that need pickle to read: loading one can run any code, so they are refused.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_JSON_BYTES = 1 << 24  # a config.json is a few KB; refuse a huge one before parsing it
 
 
@@ -35,8 +35,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def refuse_pickle(src: Path) -> None:
     """ModelDirError if the directory's weights exist only as pickle files."""
-    pickled = [name for name in PICKLE_FILES if (src / name).exists()]
-    if pickled and not has_weights(src):
+    pickled = sorted(p.name for p in src.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if pickled and not has_weights(src) and not (src / "model").is_dir():
         raise ModelDirError(
             f"{src / pickled[0]}: pickle checkpoints are not read (unpickling can run code); "
             "save the model as safetensors first (transformers: "
@@ -61,8 +61,16 @@ def has_weights(src: Path) -> bool:
 def refuse_lucidrains(src: Path) -> None:
     """ModelDirError if the directory holds the state_dict of lucidrains'
     infini-transformer-pytorch: its blocks differ from Llama's (docs/convert.md lists how)."""
-    refuse_pickle(src)
-    names, _ = weights.read_tensors(src)
+    from safetensors import SafetensorError, safe_open
+
+    files = modeldir.weight_files(src)
+    names: list[str] = []
+    for f in files if files[0].name == modeldir.WEIGHTS else files[1:]:
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                names += list(handle.keys())
+        except (SafetensorError, OSError) as e:
+            raise ModelDirError(f"{f}: truncated or corrupt safetensors file ({e})") from None
     if "token_emb.weight" in names and any(k.endswith("fastweight_mem.head_gates") for k in names):
         raise ModelDirError(
             f"{src}: an infini-transformer-pytorch (lucidrains) state_dict does not convert "
