@@ -57,7 +57,13 @@ class Growth:
 
 def gates_of_directory(model_dir: Path) -> np.ndarray:
     """[L, H] gate logits from a model directory's weights (safetensors' numpy reader)."""
-    from safetensors import SafetensorError, safe_open
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError:
+        raise InfiniError(
+            "reading a model directory needs safetensors (pip install 'infini-onnx[export]'); "
+            "an .onnx file needs nothing more"
+        ) from None
 
     config = modeldir.load_config(model_dir)
     names = [f"model.layers.{i}.self_attn.gate" for i in range(config.num_hidden_layers)]
@@ -74,7 +80,7 @@ def gates_of_directory(model_dir: Path) -> np.ndarray:
         try:
             with safe_open(str(modeldir.member(model_dir, where[name].name)), "np") as f:
                 gates.append(f.get_tensor(name).astype(np.float64))
-        except (SafetensorError, OSError, ValueError, KeyError) as e:
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
             raise InfiniError(f"{where[name]}: cannot read {name!r} ({e})") from None
     return np.stack(gates)
 
@@ -183,7 +189,13 @@ def inspect(
         if path.is_dir():
             gates = gates_of_directory(path)
             if texts:
-                from infini_onnx.export.exporter import export_model  # the [export] extra
+                try:
+                    from infini_onnx.export.exporter import export_model
+                except ImportError:
+                    raise InfiniError(
+                        "streaming a text through a model directory exports it first, which "
+                        "needs pip install 'infini-onnx[export]' (or inspect its .onnx)"
+                    ) from None
 
                 log(f"exporting {path} to a temporary step graph")
                 onnx_path = export_model(path, Path(tmp) / "model.onnx")

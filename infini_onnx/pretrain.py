@@ -52,6 +52,8 @@ class TextRecipe:
         eval_ids: torch.Tensor | None = None,
     ):
         self.config, self.ids, self.eval_ids = config, ids, eval_ids
+        if eval_ids is not None and len(eval_ids) < 2:
+            raise InfiniError("the held-out text is empty: nothing to evaluate")
         self.span = segments * config.segment_len  # tokens per row per step
         if len(ids) < self.span + 1:
             raise InfiniError(
@@ -77,6 +79,8 @@ class TextRecipe:
         weights = None
         if self.virtual_length != 1.0:
             weights = torch.full(ids.shape, self.virtual_length, device=device)
+        if self.state is not None and self.state.position.device != device:  # resumed
+            self.state = moved(self.state, device)
         logits, state = model(ids, self.state, write_weights=weights)
         self.state = detached(state)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
@@ -109,6 +113,12 @@ class TextRecipe:
             self.state = StreamState(
                 *state["tensors"], state["position"], segment_len=self.config.segment_len
             )
+
+
+def moved(state: StreamState, device) -> StreamState:
+    s = state
+    tensors = (s.memory, s.norm, s.memory_acc, s.norm_acc, s.past_key, s.past_value, s.position)
+    return StreamState(*(t.to(device) for t in tensors), s.segment_len)
 
 
 def detached(state: StreamState) -> StreamState:

@@ -282,8 +282,8 @@ def train_passkey(
     out_dir: str | Path, cfg: TrainConfig, log: Callable[[str], None] = print
 ) -> dict[str, float]:
     """Train from a fresh `infini init`-style model (or cfg.init_from) with the trainer and save
-    the model directory to out_dir; returns the last pass-key accuracy by length."""
-    torch.manual_seed(cfg.seed)
+    the model directory to out_dir; returns the last pass-key accuracy by length. One
+    process: every process would draw the same batches."""
     window = dict(local_window=cfg.local_window) if cfg.local_window else {}
     if cfg.init_from:
         model = InfiniLlamaForCausalLM.from_pretrained(cfg.init_from, **window)

@@ -44,7 +44,7 @@ class LoopConfig:
     weight_decay: float = 0.05  # never on gates or norms
     warmup: int = 50
     log_every: int = 10
-    checkpoint_every: int = 100  # 0: only at the end
+    checkpoint_every: int = 100  # 0: none (a run that stops cannot resume)
     eval_every: int = 0  # 0: only before and after
     seed: int = 0
     threads: int = 2
@@ -70,21 +70,26 @@ class Process:
 
     rank: int = 0
     world: int = 1
+    device: str = "cpu"  # this process's device: "cpu" or "cuda:<local rank>"
 
     @classmethod
-    def start(cls) -> Process:
-        """Join the process group torchrun describes (gloo on CPU), or run alone."""
+    def start(cls, device: str = "cpu") -> Process:
+        """Join the process group torchrun describes (gloo on CPU, nccl on GPUs, one GPU per
+        process), or run alone."""
         if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-            return cls()
+            return cls(device=device)
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), device)
 
     def mean(self, value: float) -> float:
         """The mean of a number over the processes."""
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t) / self.world
 
@@ -135,18 +140,21 @@ def train(
     training.json: the loop's and the recipe's config and the history). Returns the history
     (process 0's)."""
     out_dir = Path(out_dir)
-    process = Process.start()
+    process = Process.start(cfg.device)
     say = log if process.rank == 0 else (lambda msg: None)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # sigma = elu + 1 makes tiny values; denormals are slow
-    model.to(cfg.device).train()
+    model.to(process.device).train()
+    identity = json.dumps(dict(steps=cfg.steps, recipe=recipe_config or {}), sort_keys=True)
     optimizer = optimizer_for(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     history: list[dict[str, Any]] = []
     first = 1
     if resume:
-        first, history = load_checkpoint(out_dir / CHECKPOINT, model, optimizer, recipe, process)
+        first, history = load_checkpoint(
+            out_dir / CHECKPOINT, model, optimizer, recipe, process, identity
+        )
         say(f"resumed from {out_dir / CHECKPOINT} at step {first - 1}")
     forward = model
     if process.world > 1:
@@ -168,7 +176,7 @@ def train(
         if step % cfg.log_every == 0 or step == cfg.steps:
             elapsed = time.perf_counter() - start
             eta = elapsed / (step - done) * (cfg.steps - step)
-            extra = "".join(f" {k} {v:.3f}" for k, v in metrics.items())
+            extra = "".join(f" {k} {row[k]:.3f}" for k in metrics)  # means over processes
             say(
                 f"step {step}/{cfg.steps} loss {row['loss']:.4f} gate {row['gate']:.4f}{extra} "
                 f"{elapsed / 60:.1f} min, {eta / 60:.1f} min left"
@@ -176,10 +184,9 @@ def train(
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             evaluation(model, recipe, step, history, process, say)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            save_checkpoint(out_dir, step, model, optimizer, recipe, history, cfg, process)
+            save_checkpoint(out_dir, step, model, optimizer, recipe, history, identity, process)
     evaluation(model, recipe, cfg.steps, history, process, say)
     if process.rank == 0:
-        shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)  # the run is complete
         model.cpu().eval()
         model.save_pretrained(out_dir, tokenizer_json=tokenizer_json)
         (out_dir / "training.json").write_text(
@@ -188,6 +195,8 @@ def train(
             )
             + "\n"
         )
+        for name in (CHECKPOINT, f"{CHECKPOINT}.old", f"{CHECKPOINT}.tmp"):  # the run is done
+            shutil.rmtree(out_dir / name, ignore_errors=True)
         say(f"wrote {out_dir}")
     process.barrier()
     return history
@@ -206,10 +215,11 @@ def evaluation(model, recipe: Recipe, step: int, history: list, process: Process
 
 
 def save_checkpoint(
-    out_dir: Path, step: int, model, optimizer, recipe: Recipe, history, cfg, process: Process
+    out_dir: Path, step: int, model, optimizer, recipe: Recipe, history, identity: str, process
 ) -> None:
     """OUT/checkpoint, replaced atomically: every process writes its recipe state into a new
-    directory, process 0 the model and the optimizer, then renames it into place."""
+    directory, process 0 the model and the optimizer, then renames it into place (the previous
+    one is kept as checkpoint.old until the new one is in place)."""
     final, tmp = out_dir / CHECKPOINT, out_dir / f"{CHECKPOINT}.tmp"
     if process.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -223,12 +233,13 @@ def save_checkpoint(
             world=process.world,
             optimizer=optimizer.state_dict(),
             history=json.dumps(history),
-            config=json.dumps(asdict(cfg)),
+            identity=identity,
         )
         torch.save(trainer, tmp / "trainer.pt")
     process.barrier()
     if process.rank == 0:
         old = out_dir / f"{CHECKPOINT}.old"
+        shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             final.rename(old)
         tmp.rename(final)
@@ -237,12 +248,24 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, model, optimizer, recipe: Recipe, process: Process
+    path: Path, model, optimizer, recipe: Recipe, process: Process, identity: str
 ) -> tuple[int, list]:
-    """Restore a run from OUT/checkpoint; returns (the next step, the history)."""
+    """Restore a run from OUT/checkpoint (or checkpoint.old, if a save was cut between its two
+    renames); returns (the next step, the history). The run must be the same: steps, recipe
+    settings and data, number of processes."""
     if not (path / "trainer.pt").is_file():
-        raise InfiniError(f"{path}: no checkpoint to resume from")
+        path = path.with_name(f"{CHECKPOINT}.old")
+    if not (path / "trainer.pt").is_file():
+        raise InfiniError(f"{path.with_name(CHECKPOINT)}: no checkpoint to resume from")
     trainer = torch.load(path / "trainer.pt", weights_only=True)
+    if trainer["identity"] != identity:
+        saved, now = json.loads(trainer["identity"]), json.loads(identity)
+        changed = [k for k in now["recipe"] if saved["recipe"].get(k) != now["recipe"][k]]
+        what = "steps" if saved["steps"] != now["steps"] else ", ".join(changed) or "settings"
+        raise InfiniError(
+            f"{path}: the run is resumed with other {what} than it was started with; resume "
+            "with the same options, or start a new run"
+        )
     if trainer["world"] != process.world:
         raise InfiniError(
             f"{path}: written by {trainer['world']} processes, resumed by {process.world}: "

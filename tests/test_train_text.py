@@ -14,6 +14,7 @@ import pytest
 import torch
 from clirun import infini, one_line_error
 
+from infini_onnx.errors import InfiniError
 from infini_onnx.model import from_pretrained
 from infini_onnx.pretrain import TextRecipe
 from infini_onnx.trainer import LoopConfig, train
@@ -85,10 +86,11 @@ def test_a_killed_run_resumes_on_the_same_loss_curve(model_dir_factory, text, tm
     ids = tokenize(tokenizer, [text], 257)
     cfg = LoopConfig(steps=6, lr=1e-2, warmup=1, log_every=1, checkpoint_every=3, threads=1)
 
-    def run(out: Path, resume: bool = False, log=lambda msg: None) -> list[dict]:
+    def run(out: Path, resume: bool = False, log=lambda msg: None, segments: int = 2) -> list:
         model = from_pretrained(model_dir)
-        recipe = TextRecipe(model.config, ids, 2, 2)
-        return train(model, recipe, cfg, out, tokenizer_json=tokenizer, resume=resume, log=log)
+        recipe = TextRecipe(model.config, ids, 2, segments)
+        return train(model, recipe, cfg, out, tokenizer_json=tokenizer, resume=resume, log=log,
+                     recipe_config=dict(segments=segments))  # fmt: skip
 
     def kill_in_step_5(msg: str) -> None:
         if msg.startswith("step 5/"):
@@ -98,13 +100,19 @@ def test_a_killed_run_resumes_on_the_same_loss_curve(model_dir_factory, text, tm
     with pytest.raises(Killed):
         run(tmp_path / "killed", log=kill_in_step_5)
     assert not (tmp_path / "killed" / "training.json").exists()
+    with pytest.raises(InfiniError, match="resumed with other segments"):
+        run(tmp_path / "killed", resume=True, segments=3)
     resumed = [r["loss"] for r in run(tmp_path / "killed", resume=True) if "loss" in r]
     assert resumed == pytest.approx(whole, rel=1e-6)
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == [
+        "config.json", "model.safetensors", "tokenizer.json", "training.json"
+    ]  # fmt: skip
 
 
 def test_bad_input_is_one_line(model_dir_factory, text, tmp_path):
     model_dir, out = model_dir_factory("delta", True), tmp_path / "o"
     (tmp_path / "short.txt").write_text("short")
+    (tmp_path / "empty.txt").write_text("")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep")
     cases = [
@@ -112,6 +120,7 @@ def test_bad_input_is_one_line(model_dir_factory, text, tmp_path):
         (["--text", tmp_path / "short.txt", "--out", out], "a step reads 65 per row"),
         (["--text", text, "--out", out, "--resume"], "no checkpoint to resume from"),
         (["--text", text, "--out", tmp_path / "full"], "exists and is not empty"),
+        (["--text", text, "--out", out, "--eval-text", tmp_path / "empty.txt"], "is empty"),
     ]
     for args, words in cases:
         one_line_error(infini("train", model_dir, *args), words)

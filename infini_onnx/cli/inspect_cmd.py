@@ -30,8 +30,12 @@ def inspect_command(
     import json
     from pathlib import Path
 
+    from infini_onnx.atomic import atomic_output, check_output
     from infini_onnx.health import inspect
 
+    if json_out:
+        check_output(json_out)  # before the work
     result = inspect(model, [Path(t) for t in texts] or None, threads, log=click.echo)
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=1) + "\n")
+        with atomic_output(json_out) as tmp:
+            tmp.write_text(json.dumps(result, indent=1) + "\n")

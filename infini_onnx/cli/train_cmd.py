@@ -68,7 +68,13 @@ from infini_onnx.cli.common import FiniteFloatRange, one_line_errors
     help="Each memory write counts this many times: short rows dilute the memory as "
     "a stream this many times longer would.",
 )
-@click.option("--checkpoint-every", type=click.IntRange(0), default=100, show_default=True)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(0),
+    default=100,
+    show_default=True,
+    help="Write OUT/checkpoint every this many steps (0: never; then no --resume).",
+)
 @click.option(
     "--eval-every",
     type=click.IntRange(0),
@@ -83,7 +89,13 @@ from infini_onnx.cli.common import FiniteFloatRange, one_line_errors
     default=None,
     help="Torch threads per process (default: the cores shared by the processes).",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="cuda: one GPU per process (LOCAL_RANK) under torchrun.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from OUT/checkpoint.")
 @one_line_errors
 def train_command(model_dir, texts, out, eval_text, eval_tokens, steps, batch_size, segments,
@@ -103,7 +115,7 @@ def train_command(model_dir, texts, out, eval_text, eval_tokens, steps, batch_si
 
     if not resume and Path(out).is_dir() and any(Path(out).iterdir()):
         raise InfiniError(f"{out}: exists and is not empty; choose a new one or --resume")
-    process = Process.start()
+    process = Process.start(device)
     if threads is None:
         threads = max((os.cpu_count() or 1) // process.world, 1)
     model = InfiniLlamaForCausalLM.from_pretrained(model_dir)
@@ -126,4 +138,15 @@ def train_command(model_dir, texts, out, eval_text, eval_tokens, steps, batch_si
             f"{len(ids):,} training tokens, {process.world} process(es) x {batch_size} rows x "
             f"{recipe.span} tokens per step"
         )
-    train(model, recipe, cfg, out, tokenizer_json=tokenizer_json, resume=resume, log=click.echo)
+    import hashlib
+
+    identity = dict(  # what a resumed run must share with the run it continues
+        texts=hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
+        batch_size=batch_size,
+        segments=recipe.span // config.segment_len,
+        virtual_length=virtual_length,
+    )
+    train(
+        model, recipe, cfg, out, tokenizer_json=tokenizer_json, resume=resume, log=click.echo,
+        recipe_config=dict(model_dir=str(model_dir), **identity),
+    )  # fmt: skip

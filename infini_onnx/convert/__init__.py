@@ -89,7 +89,7 @@ def check_sizes(keys: dict[str, Any], source: str) -> None:
     )
 
 
-def read_nanotron(src: Path, options: Options) -> Checkpoint:
+def read_nanotron(src: Path) -> Checkpoint:
     """A huggingface/nanotron infini-attention checkpoint step directory."""
     keys, tensors, segment_len = nanotron.read(src, check_sizes)
     return Checkpoint("nanotron infini-attention", keys, tensors, segment_len, "delta", False)
@@ -99,7 +99,7 @@ def read_checkpoint(src: Path, options: Options) -> Checkpoint:
     """The source directory in infini-llama terms, by its layout."""
     source.refuse_pickle(src)
     if nanotron.is_nanotron(src):
-        return read_nanotron(src, options)
+        return read_nanotron(src)
     if (src / modeldir.CONFIG).exists() or not source.has_weights(src):
         return read_hf(src, options)
     source.refuse_lucidrains(src)

@@ -161,7 +161,7 @@ def beomi_gates(tensors: dict[str, torch.Tensor], heads: int, kv_heads: int, sou
                 f"{source}: tensor {name!r} has shape {list(gate.shape)}, "
                 f"expected [1, {heads}, 1, 1]"
             )
-        tensors[name] = gate.reshape(heads)
+        tensors[name] = gate.reshape(heads).float()  # gates stay float32, as new ones are
     return True
 
 

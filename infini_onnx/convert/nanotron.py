@@ -176,6 +176,8 @@ def read(
             gate, up = t.chunk(2)
             tensors[f"{prefix}mlp.gate_proj.weight"] = gate
             tensors[f"{prefix}mlp.up_proj.weight"] = up
+        elif rest == "attn.balance_factors":
+            tensors[prefix + "self_attn.gate"] = t.float()  # gates stay float32
         elif rest in (LAYER_NAMES if layer else TOP_NAMES):
             tensors[prefix + (LAYER_NAMES if layer else TOP_NAMES)[rest]] = t
         else:

@@ -24,7 +24,9 @@ from infini_onnx.stepgraph.names import (
 )
 from infini_onnx.stepgraph.state_spec import LATEST, SPECS, StateSpec
 
-SIGNED_KEYS = (KEY_FORMAT_VERSION, KEY_CONFIG, KEY_VARIANT, KEY_MODEL_ID, KEY_TOKENIZER, KEY_GATES)
+# infini.gates is left out: it only informs `infini inspect`, and a runtime that does not
+# know the key must still accept the file's digest.
+SIGNED_KEYS = (KEY_FORMAT_VERSION, KEY_CONFIG, KEY_VARIANT, KEY_MODEL_ID, KEY_TOKENIZER)
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class StepGraphInfo:
     model_id: str  # sha256 of the source model directory (modeldir.model_id)
     tokenizer_json: str | None = None  # tokenizer.json text, if the model has one
     spec: StateSpec = LATEST  # the format version's state contract
-    gates: list[list[float]] | None = None  # [L][H] gate logits (files before 0.2: none)
+    gates: list[list[float]] | None = None  # [L][H] gate logits (older graphs have none)
 
     def to_props(self) -> dict[str, str]:
         """The metadata_props of the file, with the digest of the others."""
