@@ -80,9 +80,9 @@ class TextRecipe:
         if self.virtual_length != 1.0:
             weights = torch.full(ids.shape, self.virtual_length, device=device)
         if self.state is not None and self.state.position.device != device:  # resumed
-            self.state = moved(self.state, device)
+            self.state = self.state.map(lambda t: t.to(device))
         logits, state = model(ids, self.state, write_weights=weights)
-        self.state = detached(state)
+        self.state = state.map(torch.Tensor.detach)  # back-propagation stops at the step
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         return loss, {}
 
@@ -102,30 +102,12 @@ class TextRecipe:
         return {"heldout_loss": round(total / count, 5), "heldout_tokens": count}
 
     def state_dict(self) -> dict[str, Any]:
-        if self.state is None:
-            return {}
-        s = self.state
-        tensors = (s.memory, s.norm, s.memory_acc, s.norm_acc, s.past_key, s.past_value)
-        return dict(tensors=[t.cpu() for t in tensors], position=s.position.cpu())
+        """The rows' carried state (memory, window, position) on the host."""
+        return {} if self.state is None else {"tensors": [t.cpu() for t in self.state.tensors()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
-            self.state = StreamState(
-                *state["tensors"], state["position"], segment_len=self.config.segment_len
-            )
-
-
-def moved(state: StreamState, device) -> StreamState:
-    s = state
-    tensors = (s.memory, s.norm, s.memory_acc, s.norm_acc, s.past_key, s.past_value, s.position)
-    return StreamState(*(t.to(device) for t in tensors), s.segment_len)
-
-
-def detached(state: StreamState) -> StreamState:
-    """The state without its autograd history (back-propagation stops at the step)."""
-    s = state
-    tensors = (s.memory, s.norm, s.memory_acc, s.norm_acc, s.past_key, s.past_value)
-    return StreamState(*(t.detach() for t in tensors), s.position, s.segment_len)
+            self.state = StreamState.from_tensors(state["tensors"], self.config.segment_len)
 
 
 def default_segments(config) -> int:

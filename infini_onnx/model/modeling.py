@@ -12,7 +12,7 @@ per segment piece and rolling the state, so both modes share every line of math.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -62,6 +62,18 @@ class StreamState:
     @property
     def tokens_seen(self) -> int:
         return int(self.position[0])
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor of the state, in field order (what `from_tensors` takes back)."""
+        return [getattr(self, f.name) for f in fields(self) if f.name != "segment_len"]
+
+    @classmethod
+    def from_tensors(cls, tensors: list[Tensor], segment_len: int) -> StreamState:
+        return cls(*tensors, segment_len=segment_len)
+
+    def map(self, fn) -> StreamState:
+        """The state with fn applied to every tensor (detach, to a device, ...)."""
+        return StreamState.from_tensors([fn(t) for t in self.tensors()], self.segment_len)
 
     @property
     def cached(self) -> int:
