@@ -88,7 +88,7 @@ class InfiniConfig:
         values: dict[str, Any] = {}
         for name, f in known.items():
             if name in data:
-                values[name] = _coerce(data[name], f.type, name, source)
+                values[name] = coerce(data[name], f.type, name, source)
             elif name not in OPTIONAL_KEYS:
                 raise ModelDirError(f"{source}: missing required key {name!r}")
         extra = {k: v for k, v in data.items() if k not in known and k != "model_type"}
@@ -109,8 +109,9 @@ class InfiniConfig:
         return cls.from_dict(data, source=str(path))
 
 
-def _coerce(value: Any, type_name: str, key: str, source: str) -> Any:
-    """Check a JSON value against the field's declared type."""
+def coerce(value: Any, type_name: str, key: str, source: str) -> Any:
+    """Check a JSON value against a declared type ("int", "float", "bool", "str",
+    "int | None"); ModelDirError naming the source and key otherwise."""
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),

@@ -26,6 +26,7 @@ import numpy as np
 from infini_onnx import modeldir
 from infini_onnx.errors import InfiniError
 from infini_onnx.runtime import InfiniModel, Stream
+from infini_onnx.runtime.textio import encode_files
 from infini_onnx.stepgraph.state_spec import MEMORY_INPUTS
 
 SATURATED = 10.0  # |gate logit| above which sigmoid' < 4.5e-5
@@ -116,14 +117,7 @@ def memory_growth(model: InfiniModel, ids: np.ndarray, log: Callable[[str], None
 def text_ids(model: InfiniModel, paths: Iterable[Path]) -> np.ndarray:
     if model.tokenizer is None:
         raise InfiniError(f"{model.path}: no tokenizer in the model: --text needs one")
-    ids = []
-    for path in paths:
-        try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise InfiniError(f"{path}: cannot read ({e.strerror or e})") from None
-        ids += model.tokenizer.encode(text).ids
-    return np.array(ids, dtype=np.int64)
+    return encode_files(model.tokenizer, paths)
 
 
 def gate_report(gates: np.ndarray) -> list[str]:

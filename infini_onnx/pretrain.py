@@ -23,20 +23,14 @@ from tokenizers import Tokenizer
 from infini_onnx.errors import InfiniError
 from infini_onnx.model import InfiniLlamaForCausalLM
 from infini_onnx.model.modeling import StreamState
+from infini_onnx.runtime.textio import encode_files
 
 
 def tokenize(tokenizer_json: str | None, paths: list[Path], eos: int) -> torch.Tensor:
     """The files' token ids, one after the other with eos between them."""
     if tokenizer_json is None:
         raise InfiniError("the model directory has no tokenizer.json: text cannot be tokenized")
-    tokenizer, ids = Tokenizer.from_str(tokenizer_json), []
-    for path in paths:
-        try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise InfiniError(f"{path}: cannot read ({e.strerror or e})") from None
-        ids += tokenizer.encode(text).ids + [eos]
-    return torch.tensor(ids, dtype=torch.int64)
+    return torch.from_numpy(encode_files(Tokenizer.from_str(tokenizer_json), paths, eos))
 
 
 class TextRecipe:

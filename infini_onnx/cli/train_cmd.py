@@ -104,20 +104,21 @@ def train_command(model_dir, texts, out, eval_text, eval_tokens, steps, batch_si
     """Continue pre-training MODEL_DIR on text: next-token loss over long streams, segment by
     segment, the memory carried between steps (docs/training.md, "infini train"). Runs under
     `torchrun --nproc_per_node N --no-python infini train ...` as N processes."""
-    import os
+    import hashlib
     from pathlib import Path
 
     from infini_onnx import modeldir
     from infini_onnx.errors import InfiniError
     from infini_onnx.model import InfiniLlamaForCausalLM
     from infini_onnx.pretrain import TextRecipe, default_segments, tokenize
+    from infini_onnx.runtime.device import default_threads
     from infini_onnx.trainer import LoopConfig, Process, train
 
     if not resume and Path(out).is_dir() and any(Path(out).iterdir()):
         raise InfiniError(f"{out}: exists and is not empty; choose a new one or --resume")
     process = Process.start(device)
     if threads is None:
-        threads = max((os.cpu_count() or 1) // process.world, 1)
+        threads = max(default_threads() // process.world, 1)
     model = InfiniLlamaForCausalLM.from_pretrained(model_dir)
     config, tokenizer_json = model.config, modeldir.tokenizer_text(model_dir)
     ids = tokenize(tokenizer_json, [Path(t) for t in texts], config.eos_token_id)
@@ -138,8 +139,6 @@ def train_command(model_dir, texts, out, eval_text, eval_tokens, steps, batch_si
             f"{len(ids):,} training tokens, {process.world} process(es) x {batch_size} rows x "
             f"{recipe.span} tokens per step"
         )
-    import hashlib
-
     identity = dict(  # what a resumed run must share with the run it continues
         texts=hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
         batch_size=batch_size,

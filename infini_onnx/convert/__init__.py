@@ -22,6 +22,8 @@ from infini_onnx import modeldir
 from infini_onnx.config import MAX_SEGMENT_LEN, InfiniConfig
 from infini_onnx.convert import llama, nanotron, source
 from infini_onnx.errors import ModelDirError
+from infini_onnx.model import InfiniLlamaForCausalLM, weights
+from infini_onnx.model.modeling import stored_shapes
 
 # The gate a converted Llama starts with: sigmoid(-5) = 0.0067 of each head's output comes from
 # the memory, and the gate's gradient is sigmoid'(-5) = 0.0066 of the mix's, so training can
@@ -62,21 +64,17 @@ def read_hf(src: Path, options: Options) -> Checkpoint:
     check_sizes(keys, str(config_path))  # before any tensor is read or made
     tensors = source.read_tensors(src)
     heads, kv_heads = keys["num_attention_heads"], keys["num_key_value_heads"]
-    if llama.beomi_gates(tensors, heads, kv_heads, str(src)):
-        keys.pop("local_window", None)  # Beomi's attention stops at the segment start
-        segment = hf.get("segment_size")
-        if segment is not None and (not isinstance(segment, int) or isinstance(segment, bool)):
-            raise ModelDirError(f"{config_path}: key 'segment_size' must be int, got {segment!r}")
-        return Checkpoint(
-            f"Beomi/InfiniTransformer ({name})",
-            keys,
-            llama.tensors_for(tensors, keys["num_hidden_layers"], heads, options.gate_init),
-            segment_len=segment,
-            memory_update="linear",
-            window=False,
-        )
+    beomi = llama.beomi_gates(tensors, heads, kv_heads, str(src))
     tensors = llama.tensors_for(tensors, keys["num_hidden_layers"], heads, options.gate_init)
-    return Checkpoint(f"Hugging Face {name}", keys, tensors)
+    if not beomi:
+        return Checkpoint(f"Hugging Face {name}", keys, tensors)
+    keys.pop("local_window", None)  # Beomi's attention stops at the segment start
+    segment = hf.get("segment_size")
+    if segment is not None and (not isinstance(segment, int) or isinstance(segment, bool)):
+        raise ModelDirError(f"{config_path}: key 'segment_size' must be int, got {segment!r}")
+    return Checkpoint(
+        f"Beomi/InfiniTransformer ({name})", keys, tensors, segment, "linear", window=False
+    )
 
 
 def check_sizes(keys: dict[str, Any], source: str) -> None:
@@ -109,34 +107,6 @@ def read_checkpoint(src: Path, options: Options) -> Checkpoint:
     )
 
 
-def expected_shapes(config: InfiniConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a model directory of this config holds, and its shape."""
-    from infini_onnx.model import InfiniLlamaForCausalLM
-
-    with torch.device("meta"):
-        model = InfiniLlamaForCausalLM(config)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        shapes.pop("lm_head.weight")
-    return shapes
-
-
-def check_tensors(tensors: dict[str, torch.Tensor], config: InfiniConfig, src: Path) -> None:
-    """ModelDirError naming the first missing, unexpected or misshapen tensor."""
-    expected = expected_shapes(config)
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise ModelDirError(f"{src}: missing tensor {name!r}")
-        if tuple(tensors[name].shape) != shape:
-            raise ModelDirError(
-                f"{src}: tensor {name!r} has shape {list(tensors[name].shape)}, expected "
-                f"{list(shape)} from the config"
-            )
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        raise ModelDirError(f"{src}: unexpected tensor {unexpected[0]!r} (not a Llama weight)")
-
-
 def convert(
     src: str | Path, dst: str | Path, options: Options = Options(), log: Callable = print
 ) -> InfiniConfig:
@@ -162,7 +132,9 @@ def convert(
     config = InfiniConfig.from_dict(
         {**keys, "model_type": "infini-llama"}, source=f"{src} (converted config)"
     )
-    check_tensors(checkpoint.tensors, config, src)
+    with torch.device("meta"):
+        expected = stored_shapes(InfiniLlamaForCausalLM(config))
+    weights.check_tensors(checkpoint.tensors, expected, str(src))
     tokenizer = modeldir.tokenizer_text(src)
     if tokenizer is not None:
         from tokenizers import Tokenizer
@@ -209,8 +181,6 @@ def _write(
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-        from infini_onnx.model import weights
-
         (tmp / modeldir.CONFIG).write_text(config.to_json())
         contiguous = {k: v.contiguous() for k, v in tensors.items()}
         size = sum(t.numel() * t.element_size() for t in contiguous.values())

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from infini_onnx.config import coerce
 from infini_onnx.errors import ModelDirError
 
 # Architectures whose blocks are Llama's: RMSNorm, RoPE (rotate_half), SwiGLU, no biases.
@@ -54,17 +55,11 @@ def architecture(hf: dict[str, Any], source: str) -> str:
     )
 
 
-def _get(hf: dict[str, Any], key: str, kind: type, source: str, default: Any = None) -> Any:
-    value = hf.get(key, default)
-    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok:
-        raise ModelDirError(
-            f"{source}: key {key!r} must be {kind.__name__}, got {value!r}"
-            + (" (missing)" if key not in hf else "")
-        )
-    return value
+def _get(hf: dict[str, Any], key: str, kind: str, source: str, default: Any = None) -> Any:
+    """hf[key] (or the default) checked as the type named `kind` (config.coerce)."""
+    if key not in hf and default is None:
+        raise ModelDirError(f"{source}: missing required key {key!r}")
+    return coerce(hf.get(key, default), kind, key, source)
 
 
 def _token_id(hf: dict[str, Any], key: str, default: int, source: str) -> int:
@@ -117,26 +112,26 @@ def config_keys(hf: dict[str, Any], name: str, source: str) -> dict[str, Any]:
                 f"{source}: {key} {kind!r} does not convert (infini-llama has plain RoPE; its "
                 "window keeps positions small, so no scaling is needed for long streams)"
             )
-    heads = _get(hf, "num_attention_heads", int, source)
-    hidden = _get(hf, "hidden_size", int, source)
+    heads = _get(hf, "num_attention_heads", "int", source)
+    hidden = _get(hf, "hidden_size", "int", source)
     head_dim = hf.get("head_dim") or (hidden // heads if heads > 0 else 0)
     keys = {
-        "vocab_size": _get(hf, "vocab_size", int, source),
+        "vocab_size": _get(hf, "vocab_size", "int", source),
         "hidden_size": hidden,
-        "intermediate_size": _get(hf, "intermediate_size", int, source),
-        "num_hidden_layers": _get(hf, "num_hidden_layers", int, source),
+        "intermediate_size": _get(hf, "intermediate_size", "int", source),
+        "num_hidden_layers": _get(hf, "num_hidden_layers", "int", source),
         "num_attention_heads": heads,
-        "num_key_value_heads": _get(hf, "num_key_value_heads", int, source, heads),
+        "num_key_value_heads": _get(hf, "num_key_value_heads", "int", source, heads),
         "head_dim": head_dim,
-        "rms_norm_eps": _get(hf, "rms_norm_eps", float, source, 1e-6),
-        "rope_theta": _get(hf, "rope_theta", float, source, _rope_theta(rope)),
-        "tie_word_embeddings": _get(hf, "tie_word_embeddings", bool, source, False),
+        "rms_norm_eps": _get(hf, "rms_norm_eps", "float", source, 1e-6),
+        "rope_theta": _get(hf, "rope_theta", "float", source, _rope_theta(rope)),
+        "tie_word_embeddings": _get(hf, "tie_word_embeddings", "bool", source, False),
         "bos_token_id": _token_id(hf, "bos_token_id", 1, source),
         "eos_token_id": _token_id(hf, "eos_token_id", 2, source),
     }
     window = hf.get("sliding_window") if name == "MistralForCausalLM" else None
     if window is not None:
-        keys["local_window"] = _get(hf, "sliding_window", int, source)
+        keys["local_window"] = _get(hf, "sliding_window", "int", source)
     return keys
 
 

@@ -431,10 +431,7 @@ class InfiniLlamaForCausalLM(nn.Module):
         config = replace(modeldir.load_config(model_dir), **config_overrides)
         with torch.device("meta"):
             model = cls(config)
-        expected = {k: v.shape for k, v in model.state_dict().items()}
-        if config.tie_word_embeddings:
-            expected.pop("lm_head.weight")
-        tensors = weights.load_checked(model_dir, expected)
+        tensors = weights.load_checked(model_dir, stored_shapes(model))
         model = model.to_empty(device="cpu")
         model.load_state_dict({k: t.to(dtype) for k, t in tensors.items()}, strict=False)
         if config.tie_word_embeddings:
@@ -573,6 +570,14 @@ class InfiniLlamaForCausalLM(nn.Module):
             yield token
             if i + 1 < max_new_tokens:
                 logits, state = self(token[:, None], state, last_logits_only=True)
+
+
+def stored_shapes(model: InfiniLlamaForCausalLM) -> dict[str, torch.Size]:
+    """Every tensor a model directory of this model holds (a tied LM head is not stored)."""
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        shapes.pop("lm_head.weight")
+    return shapes
 
 
 def init_model_dir(

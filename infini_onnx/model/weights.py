@@ -46,6 +46,15 @@ def load_checked(model_dir: str | Path, expected: dict[str, torch.Size]) -> dict
     """The directory's tensors, exactly the names and shapes of `expected`, all floating
     point; any difference is one ModelDirError naming the file, tensor and shape."""
     tensors, source = read_tensors(model_dir)
+    check_tensors(tensors, expected, source)
+    return tensors
+
+
+def check_tensors(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str
+) -> None:
+    """ModelDirError naming `source` and the first missing, misshapen, non-float or unexpected
+    tensor."""
     for name, shape in expected.items():
         if name not in tensors:
             raise ModelDirError(f"{source}: missing tensor {name!r}")
@@ -59,7 +68,6 @@ def load_checked(model_dir: str | Path, expected: dict[str, torch.Size]) -> dict
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
         raise ModelDirError(f"{source}: unexpected tensor {unexpected[0]!r}")
-    return tensors
 
 
 def save_tensors(

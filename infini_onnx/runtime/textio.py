@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import itertools
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -23,6 +24,23 @@ def encode(tokenizer: Tokenizer | None, text: str) -> np.ndarray:
         raise InputError(f"expected text, got {type(text).__name__}")
     check_unicode(text)
     return np.array(tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
+
+
+def encode_files(
+    tokenizer: Tokenizer | None, paths: Iterable[str | Path], separator: int | None = None
+) -> np.ndarray:
+    """Token ids of text files, one after the other (`separator` after each, e.g. eos);
+    undecodable bytes read as U+FFFD. InputError for a file that cannot be read."""
+    pieces = []
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+        pieces.append(encode(tokenizer, text))
+        if separator is not None:
+            pieces.append(np.array([separator], np.int64))
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
 
 
 def check_unicode(text: str, what: str = "the text") -> None:
