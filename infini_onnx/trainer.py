@@ -139,12 +139,29 @@ def train(
     """Train `model` with `recipe` for cfg.steps and save the model directory to out_dir (with
     training.json: the loop's and the recipe's config and the history). Returns the history
     (process 0's)."""
-    out_dir = Path(out_dir)
+    # sigma = elu + 1 makes tiny values, and denormals are slow. The flag is the CPU thread's:
+    # numpy and ONNX Runtime read it too, so it is set back when training ends.
+    torch.set_flush_denormal(True)
+    try:
+        return _train(model, recipe, cfg, Path(out_dir), tokenizer_json, recipe_config, resume, log)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _train(
+    model,
+    recipe: Recipe,
+    cfg: LoopConfig,
+    out_dir: Path,
+    tokenizer_json,
+    recipe_config,
+    resume,
+    log,
+) -> list[dict[str, Any]]:
     process = Process.start(cfg.device)
     say = log if process.rank == 0 else (lambda msg: None)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)  # sigma = elu + 1 makes tiny values; denormals are slow
     model.to(process.device).train()
     identity = json.dumps(dict(steps=cfg.steps, recipe=recipe_config or {}), sort_keys=True)
     optimizer = optimizer_for(model, cfg)
