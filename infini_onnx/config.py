@@ -224,6 +224,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         head_dim=64,
         segment_len=2048,
     ),
+    # The real-text model (examples/models/text-3m): bytes in, a window of one segment, sized
+    # to train in under an hour on 2 cores (docs/real-text.md).
+    "text": dict(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        segment_len=256,
+    ),
     # About 0.5B parameters, the size users run on a CPU: weights far larger than any cache,
     # so decode is bound by memory bandwidth (`infini bench --presets`).
     "0.5b": dict(

@@ -19,6 +19,7 @@ COMMANDS = {
     "quantize": "infini_onnx.cli.quantize_cmd:quantize_command",
     "train": "infini_onnx.cli.train_cmd:train_command",
     "inspect": "infini_onnx.cli.inspect_cmd:inspect_command",
+    "eval": "infini_onnx.cli.eval_cmd:eval_command",
     "stream": "infini_onnx.cli.stream_cmd:stream_command",
     "generate": "infini_onnx.cli.stream_cmd:generate_command",
     "demo": "infini_onnx.cli.demo_cmd:demo_group",
@@ -54,6 +55,7 @@ def main() -> None:
       quantize  OUT.onnx -> int8 / int4 / fp16 variant
       train     continue pre-training a model directory on text (torchrun for several)
       inspect   memory health: gates, memory growth, float32 limits of z
+      eval      bits per byte over texts as streams, with the memory's ablations
       stream    stream text of any length through an .onnx model
       generate  generate text from a prompt
       demo      the pass-key demo: find a key hidden in a long stream

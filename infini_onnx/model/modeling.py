@@ -25,6 +25,9 @@ from infini_onnx.model import weights
 from infini_onnx.stepgraph.state_spec import FLOAT32, LATEST, ring_slots, window_reach
 
 CLAMP_MIN = 1e-6
+# A gate logit whose sigmoid is exactly 0 in float32 (and whose gradient is 0): the head takes
+# nothing from the memory, so the model is window-only (docs/design.md, "Window-only models").
+CLOSED_GATE = -1e4
 
 
 def wide(dtype: torch.dtype) -> torch.dtype:
@@ -467,6 +470,13 @@ class InfiniLlamaForCausalLM(nn.Module):
                 else:
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
 
+    def close_gates(self) -> None:
+        """Make the model window-only: every head's gate at CLOSED_GATE. The memory is still
+        written but never read, and training leaves the gates closed (zero gradient)."""
+        with torch.no_grad():
+            for layer in self.model.layers:
+                layer.self_attn.gate.fill_(CLOSED_GATE)
+
     def new_state(self, batch: int = 1, device=None) -> StreamState:
         return StreamState.zeros(self.config, batch, self.dtype, device)
 
@@ -581,12 +591,20 @@ def stored_shapes(model: InfiniLlamaForCausalLM) -> dict[str, torch.Size]:
 
 
 def init_model_dir(
-    out_dir: str | Path, preset: str = "tiny", seed: int = 0, **overrides
+    out_dir: str | Path,
+    preset: str = "tiny",
+    seed: int = 0,
+    gate: float = 0.0,
+    **overrides,
 ) -> InfiniLlamaForCausalLM:
-    """Write a randomly initialised model directory with the byte-level tokenizer."""
+    """Write a randomly initialised model directory with the byte-level tokenizer, every gate
+    logit at `gate` (0: an even mix; CLOSED_GATE: window-only)."""
     from infini_onnx.tokenizer import byte_level_tokenizer
 
     model = InfiniLlamaForCausalLM(preset_config(preset, **overrides))
     model.init_weights(seed)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.gate.fill_(gate)
     model.save_pretrained(out_dir, tokenizer_json=byte_level_tokenizer().to_str(pretty=True))
     return model

@@ -22,7 +22,15 @@ from infini_onnx.config import InfiniConfig
 from infini_onnx.errors import InputError
 from infini_onnx.runtime.device import DeviceCalls, Outputs
 from infini_onnx.runtime.statefile import MAX_HEADER_BYTES, MAX_TOKENS_SEEN
-from infini_onnx.stepgraph.state_spec import EMPTY, FLOAT32, REPLACE, RING, StateSpec, ring_slots
+from infini_onnx.stepgraph.state_spec import (
+    EMPTY,
+    FLOAT32,
+    MEMORY_INPUTS,
+    REPLACE,
+    RING,
+    StateSpec,
+    ring_slots,
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,22 @@ class State:
         rings = {t.name for t in self.layout.spec.tensors if t.on_call == RING}
         tensors = {k: v.copy() if k in rings else v for k, v in self.tensors.items()}
         return State(tensors, self.cached, self.tokens_seen, self.logits, self.layout)
+
+    def without_memory(self) -> State:
+        """The same state with the compressive memory empty (M, z and their accumulators 0):
+        the memory-reset ablation of `infini eval`. It takes over the window ring, so this
+        state is spent."""
+        self._check_live()
+        zeros = self.layout.shapes(self.batch, self.cached)
+        tensors = dict(self.tensors)
+        for name in MEMORY_INPUTS:
+            tensors[name] = self.layout.device.to_device(np.zeros(*zeros[name]))
+        state = State(
+            tensors, self.cached, self.tokens_seen, self.logits, self.layout, self.lease,
+            self.generation + 1,
+        )  # fmt: skip
+        self.lease.newest = state.generation
+        return state
 
     def _write_ring(self, ring: np.ndarray, rows: np.ndarray) -> None:
         """Write each batch row's new rows [B, L, G, T, d] into its ring [B, L, G, K, d]."""

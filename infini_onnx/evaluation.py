@@ -1,0 +1,190 @@
+"""`infini eval`: bits per byte of texts read as streams, by position, for a model, its two
+ablations and any models compared with it (docs/real-text.md).
+
+The runs of one evaluation:
+- "model": the model as it is;
+- "memory reset": the same graph, its memory emptied at every segment boundary;
+- "window only": the same weights with every gate closed (the memory never read), exported
+  from the model directory;
+- one run per compared model (e.g. baselines trained without memory), as they are.
+
+The margins say how much lower the model's bits per byte beyond 10K bytes are than each other
+run's, as a mean over the texts with its standard error.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infini_onnx.errors import InfiniError
+from infini_onnx.runtime import InfiniModel
+from infini_onnx.runtime.evaluate import BUCKETS, Scored, score
+
+MODEL, RESET, WINDOW = "model", "memory reset", "window only"
+MARGIN_BUCKET = "10K+"
+Log = Callable[[str], None]
+
+
+def export_graph(model_dir: Path, out: Path, log: Log, window_only: bool = False) -> Path:
+    """An fp32 step graph of a model directory (window_only: its gates closed first)."""
+    try:
+        from infini_onnx.export.exporter import export_model
+        from infini_onnx.model import InfiniLlamaForCausalLM
+        from infini_onnx.modeldir import tokenizer_text
+    except ImportError:
+        raise InfiniError(
+            "evaluating a model directory exports it first, which needs "
+            "pip install 'infini-onnx[export]' (or evaluate its .onnx)"
+        ) from None
+    log(f"exporting {model_dir} to a temporary step graph{' (gates closed)' * window_only}")
+    if window_only:
+        model = InfiniLlamaForCausalLM.from_pretrained(model_dir)
+        model.close_gates()
+        model.save_pretrained(out.parent / "closed", tokenizer_text(model_dir))
+        model_dir = out.parent / "closed"
+    return export_model(model_dir, out)
+
+
+def graph_of(path: Path, tmp: Path, log: Log) -> Path:
+    """An .onnx as it is; a model directory exported to tmp/model.onnx."""
+    if path.is_dir():
+        tmp.mkdir(parents=True)
+        return export_graph(path, tmp / "model.onnx", log)
+    if not path.is_file():
+        raise InfiniError(f"{path}: no such model directory or .onnx file")
+    return path
+
+
+def evaluate(
+    model: Path,
+    texts: list[Path],
+    compare: dict[str, Path],
+    ablations: bool,
+    threads: int | None,
+    log: Log,
+) -> dict[str, Any]:
+    """Every run over every text: {"texts": [...], "margins": {...}} (JSON-ready)."""
+    contents = {}
+    for path in texts:
+        try:
+            contents[path] = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise InfiniError(f"{path}: cannot read ({e.strerror or e})") from None
+    with tempfile.TemporaryDirectory(prefix="infini-eval.") as tmp:
+        graphs = {MODEL: (graph_of(model, Path(tmp) / MODEL, log), False)}
+        if ablations:
+            graphs[RESET] = (graphs[MODEL][0], True)
+            if model.is_dir():
+                out = Path(tmp) / "window" / "model.onnx"
+                out.parent.mkdir()
+                graphs[WINDOW] = (export_graph(model, out, log, window_only=True), False)
+            else:
+                log(f"no {WINDOW!r} ablation: it needs the model directory, not an .onnx")
+        for label, path in compare.items():
+            graphs[label] = (graph_of(path, Path(tmp) / f"compare-{len(graphs)}", log), False)
+        results = {path: {} for path in texts}
+        for label, (graph, reset) in graphs.items():
+            session = InfiniModel(graph, threads=threads)
+            for path, text in contents.items():
+                t0 = time.perf_counter()
+                scored = score(session, text, reset_memory=reset)
+                seconds = time.perf_counter() - t0
+                results[path][label] = scored
+                log(
+                    f"{label}: {path.name} {scored.bits_per_byte():.4f} bits/byte "
+                    f"({len(scored.bits):,} tokens, {len(scored.bits) / seconds:,.0f} tok/s)"
+                )
+    return report(model, results)
+
+
+def report(model: Path, results: dict[Path, dict[str, Scored]]) -> dict[str, Any]:
+    texts = [
+        dict(
+            path=str(path),
+            bytes=next(iter(runs.values())).size,
+            tokens=len(next(iter(runs.values())).bits),
+            runs={label: dict(buckets=s.buckets(), curve=s.curve()) for label, s in runs.items()},
+        )
+        for path, runs in results.items()
+    ]
+    return dict(model=str(model), texts=texts, margins=margins(texts))
+
+
+def margins(texts: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """For each run other than the model: how much lower the model's bits per byte beyond 10K
+    bytes are, over the texts long enough to have them (mean, standard error, the mean in
+    standard errors, and in percent of the other run's mean)."""
+    out = {}
+    long = [t for t in texts if not math.isnan(t["runs"][MODEL]["buckets"][MARGIN_BUCKET])]
+    for label in texts[0]["runs"] if texts else []:
+        if label == MODEL or not long:
+            continue
+        other = np.array([t["runs"][label]["buckets"][MARGIN_BUCKET] for t in long])
+        ours = np.array([t["runs"][MODEL]["buckets"][MARGIN_BUCKET] for t in long])
+        diff = other - ours
+        se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+        mean = float(diff.mean())
+        out[label] = dict(
+            texts=len(diff),
+            mean=mean,
+            standard_error=se,
+            standard_errors=mean / se if se > 0 else math.nan,
+            percent=100 * mean / float(other.mean()),
+        )
+    return out
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """The report as text: one table of bits per byte per text, then the margins."""
+    names = [name for name, _, _ in BUCKETS]
+    lines = []
+    for text in result["texts"]:
+        width = max(len(label) for label in text["runs"])
+        lines.append(f"\n{text['path']} ({text['bytes']:,} bytes, {text['tokens']:,} tokens)")
+        lines.append(f"{'bits/byte':<{width}}  " + "  ".join(f"{n:>8}" for n in names))
+        for label, run in text["runs"].items():
+            cells = "  ".join(f"{run['buckets'][n]:>8.4f}" for n in names)
+            lines.append(f"{label:<{width}}  {cells.replace('nan', '  -')}")
+    if result["margins"]:
+        lines.append(
+            "\nthe model's margin beyond 10K bytes (the other's bits/byte minus the model's):"
+        )
+        for label, m in result["margins"].items():
+            lines.append(
+                f"  vs {label}: {m['mean']:+.4f} bits/byte ({m['percent']:+.1f}%), "
+                f"{m['standard_errors']:.1f} standard errors over {m['texts']} texts"
+            )
+    return lines
+
+
+def plot(result: dict[str, Any], out: str) -> None:
+    """Bits per byte against position (log scale), one panel per text, one line per run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InfiniError("--plot needs matplotlib (pip install matplotlib)") from None
+    texts = result["texts"]
+    fig, axes = plt.subplots(1, len(texts), figsize=(4 * len(texts), 3.4), squeeze=False)
+    for ax, text in zip(axes[0], texts):
+        for label, run in text["runs"].items():
+            ends, bits = zip(*run["curve"])
+            ax.plot(ends, bits, label=label, marker=".", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_title(Path(text["path"]).name, fontsize=9)
+        ax.set_xlabel("position in the stream (bytes)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("bits per byte")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
