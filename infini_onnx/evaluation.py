@@ -25,7 +25,9 @@ import numpy as np
 
 from infini_onnx.errors import InfiniError
 from infini_onnx.runtime import InfiniModel
+from infini_onnx.runtime.device import check_threads
 from infini_onnx.runtime.evaluate import BUCKETS, Scored, score
+from infini_onnx.runtime.progress import Progress
 
 MODEL, RESET, WINDOW = "model", "memory reset", "window only"
 MARGIN_BUCKET = "10K+"
@@ -37,6 +39,7 @@ def export_graph(model_dir: Path, out: Path, log: Log, window_only: bool = False
     try:
         from infini_onnx.export.exporter import export_model
         from infini_onnx.model import InfiniLlamaForCausalLM
+        from infini_onnx.model.modeling import CLOSED_GATE
         from infini_onnx.modeldir import tokenizer_text
     except ImportError:
         raise InfiniError(
@@ -46,10 +49,15 @@ def export_graph(model_dir: Path, out: Path, log: Log, window_only: bool = False
     log(f"exporting {model_dir} to a temporary step graph{' (gates closed)' * window_only}")
     if window_only:
         model = InfiniLlamaForCausalLM.from_pretrained(model_dir)
-        model.close_gates()
+        model.set_gates(CLOSED_GATE)
         model.save_pretrained(out.parent / "closed", tokenizer_text(model_dir))
         model_dir = out.parent / "closed"
     return export_model(model_dir, out)
+
+
+def check_model_path(path: Path) -> None:
+    if not path.is_dir() and not path.is_file():
+        raise InfiniError(f"{path}: no such model directory or .onnx file")
 
 
 def graph_of(path: Path, tmp: Path, log: Log) -> Path:
@@ -57,9 +65,16 @@ def graph_of(path: Path, tmp: Path, log: Log) -> Path:
     if path.is_dir():
         tmp.mkdir(parents=True)
         return export_graph(path, tmp / "model.onnx", log)
-    if not path.is_file():
-        raise InfiniError(f"{path}: no such model directory or .onnx file")
     return path
+
+
+def scored_with_progress(model: InfiniModel, text: str, reset: bool) -> Scored:
+    """score() with a live progress line on a terminal (cleared when done)."""
+    progress = Progress()
+    scored = score(model, text, reset_memory=reset, progress=progress.update)
+    if progress.live:
+        progress.out.write("\r\033[K")
+    return scored
 
 
 def evaluate(
@@ -70,7 +85,12 @@ def evaluate(
     threads: int | None,
     log: Log,
 ) -> dict[str, Any]:
-    """Every run over every text: {"texts": [...], "margins": {...}} (JSON-ready)."""
+    """Every run over every text: {"texts": [...], "margins": {...}} (JSON-ready once
+    `json_ready`). Every path and option is checked before the first export."""
+    for path in (model, *compare.values()):
+        check_model_path(path)
+    if threads is not None:
+        check_threads(threads)
     contents = {}
     for path in texts:
         try:
@@ -94,7 +114,7 @@ def evaluate(
             session = InfiniModel(graph, threads=threads)
             for path, text in contents.items():
                 t0 = time.perf_counter()
-                scored = score(session, text, reset_memory=reset)
+                scored = scored_with_progress(session, text, reset)
                 seconds = time.perf_counter() - t0
                 results[path][label] = scored
                 log(
@@ -141,12 +161,23 @@ def margins(texts: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def json_ready(value: Any) -> Any:
+    """The result with NaN (a range the text does not reach) as None: strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
 def table(result: dict[str, Any]) -> list[str]:
     """The report as text: one table of bits per byte per text, then the margins."""
     names = [name for name, _, _ in BUCKETS]
     lines = []
     for text in result["texts"]:
-        width = max(len(label) for label in text["runs"])
+        width = max(len("bits/byte"), *(len(label) for label in text["runs"]))
         lines.append(f"\n{text['path']} ({text['bytes']:,} bytes, {text['tokens']:,} tokens)")
         lines.append(f"{'bits/byte':<{width}}  " + "  ".join(f"{n:>8}" for n in names))
         for label, run in text["runs"].items():
@@ -157,22 +188,42 @@ def table(result: dict[str, Any]) -> list[str]:
             "\nthe model's margin beyond 10K bytes (the other's bits/byte minus the model's):"
         )
         for label, m in result["margins"].items():
-            lines.append(
-                f"  vs {label}: {m['mean']:+.4f} bits/byte ({m['percent']:+.1f}%), "
+            spread = (
                 f"{m['standard_errors']:.1f} standard errors over {m['texts']} texts"
+                if math.isfinite(m["standard_errors"])
+                else f"no standard error from {m['texts']} text(s)"
             )
+            lines.append(
+                f"  vs {label}: {m['mean']:+.4f} bits/byte ({m['percent']:+.1f}%), {spread}"
+            )
+    elif result["texts"] and len(result["texts"][0]["runs"]) > 1:
+        lines.append("\nno margins: no text is longer than 10K bytes")
     return lines
 
 
-def plot(result: dict[str, Any], out: str) -> None:
-    """Bits per byte against position (log scale), one panel per text, one line per run."""
+def pyplot(out: str):
+    """matplotlib's pyplot for a plot file `out`; InfiniError if it is missing or cannot write
+    that file type (checked before the work)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         raise InfiniError("--plot needs matplotlib (pip install matplotlib)") from None
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(out).suffix.lstrip(".").lower()
+    if suffix not in kinds:
+        raise InfiniError(
+            f"--plot {out}: name a file of a type matplotlib writes ({', '.join(kinds)})"
+        )
+    return plt
+
+
+def plot(result: dict[str, Any], out: str) -> None:
+    """Bits per byte against position (log scale), one panel per text, one line per run."""
+    plt = pyplot(out)
     texts = result["texts"]
     fig, axes = plt.subplots(1, len(texts), figsize=(4 * len(texts), 3.4), squeeze=False)
     for ax, text in zip(axes[0], texts):
@@ -186,5 +237,5 @@ def plot(result: dict[str, Any], out: str) -> None:
     axes[0][0].set_ylabel("bits per byte")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, format=Path(out).suffix.lstrip(".").lower())
     plt.close(fig)

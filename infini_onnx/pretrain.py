@@ -13,6 +13,7 @@ does.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class TextRecipe:
         world: int = 1,
         virtual_length: float = 1.0,  # each memory write counts this many times
         eval_ids: torch.Tensor | None = None,
+        reset_memory_every: int = 0,  # steps between a row's memory resets (0: never)
     ):
         self.config, self.ids, self.eval_ids = config, ids, eval_ids
         if eval_ids is not None and len(eval_ids) < 2:
@@ -56,6 +58,9 @@ class TextRecipe:
             )
         rows = range(rank * batch_size, (rank + 1) * batch_size)
         self.starts = [len(ids) * g // (world * batch_size) for g in rows]
+        self.reset_memory_every = reset_memory_every
+        # Row g empties its memory before the steps s with (s - 1 + phase_g) % K == 0.
+        self.phases = torch.tensor([reset_memory_every * g // (world * batch_size) for g in rows])
         self.virtual_length = virtual_length
         self.state: StreamState | None = None  # the rows' carried memory and window
 
@@ -75,10 +80,29 @@ class TextRecipe:
             weights = torch.full(ids.shape, self.virtual_length, device=device)
         if self.state is not None and self.state.position.device != device:  # resumed
             self.state = self.state.map(lambda t: t.to(device))
+        if self.state is not None and self.reset_memory_every:
+            self.state = self.reset_memory(self.state, step)
         logits, state = model(ids, self.state, write_weights=weights)
         self.state = state.map(torch.Tensor.detach)  # back-propagation stops at the step
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         return loss, {}
+
+    def reset_memory(self, state: StreamState, step: int) -> StreamState:
+        """The rows whose turn it is at `step` with their memory (M, z, accumulators) empty;
+        their window and position stay (the text goes on)."""
+        fresh = (step - 1 + self.phases) % self.reset_memory_every == 0  # [B]
+        if not fresh.any():
+            return state
+        keep = (~fresh).to(state.memory.device)
+        m = keep[:, None, None, None, None].to(state.memory.dtype)
+        z = keep[:, None, None, None].to(state.norm.dtype)
+        return replace(
+            state,
+            memory=state.memory * m,
+            norm=state.norm * z,
+            memory_acc=state.memory_acc * m,
+            norm_acc=state.norm_acc * z,
+        )
 
     @torch.no_grad()
     def evaluate(self, model: InfiniLlamaForCausalLM, step: int) -> dict[str, Any]:

@@ -9,14 +9,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from clirun import infini, one_line_error
 
 from infini_onnx.evaluation import margins
 from infini_onnx.model import InfiniLlamaForCausalLM
 from infini_onnx.runtime import InfiniModel, InputError
 from infini_onnx.runtime.evaluate import Scored, score, tokenize_with_offsets
-from tests.clirun import infini, one_line_error
 
-# 1,337 bytes: crosses the 1K bucket, 42 segments of the tiny model, multi-byte characters.
+# 1,400 bytes: crosses the 1K bucket, 44 segments of the tiny model, multi-byte characters.
 TEXT = ("Thé quick brown fox — jumps over the lazy dog; " * 40)[:1300] + "ünïcödé ends"
 
 
@@ -104,14 +104,33 @@ def test_position_ranges_split_the_bits():
 def test_without_memory_spends_the_state(tiny_model):
     from infini_onnx.runtime import State
 
+    N = tiny_model.config.segment_len
     state = State.zeros(tiny_model.layout)
-    _, state = tiny_model.step(state, np.array([[1, 2, 3]]), 1)
+    _, state = tiny_model.step(state, np.arange(N)[None] % 200, 1)  # a segment: memory commits
+    before = state.to_host()
+    assert before["memory"].any() and before["memory_acc"].any()
     empty = state.without_memory()
+    after = empty.to_host()
     for name in ("memory", "norm", "memory_acc", "norm_acc"):
-        assert not np.any(empty.to_host()[name])
-    assert empty.to_host()["past_key"].any()
+        assert not after[name].any()
+    np.testing.assert_array_equal(after["past_key"], before["past_key"])
     with pytest.raises(InputError, match="advanced"):
         state.to_host()
+    tiny_model.step(empty, np.array([[1, 2]]), 1)  # the emptied state goes on
+
+
+def test_offsets_of_a_tokenizer_that_trims_whitespace():
+    """A whitespace token with an empty span after the text still counts inside it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tokenizer = Tokenizer(models.WordLevel({"hello": 0, "Ġ": 1, "ĠĠ": 2}, unk_token="Ġ"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    ids, starts = tokenize_with_offsets(tokenizer, "hello  ")
+    assert len(ids) == len(starts) >= 2
+    assert starts.tolist() == sorted(starts.tolist()) and starts.max() < 7
+    bits = Scored(np.ones(len(ids)), starts, 7)
+    assert bits.bits_per_byte() == len(ids) / 7
 
 
 def test_margins_are_mean_differences_in_standard_errors():
@@ -147,6 +166,22 @@ def test_the_command_reports_runs_and_writes_json(tiny_onnx, tmp_path):
     model = entry["runs"]["model"]["buckets"]["all"]
     assert entry["runs"]["again"]["buckets"]["all"] == model  # the same graph, the same bits
     assert f"{model:.4f}" in result.output
+    assert entry["runs"]["model"]["buckets"]["100K+"] is None  # strict JSON: no NaN
+    assert "NaN" not in out.read_text()
+    assert "no margins: no text is longer than 10K bytes" in result.output
+
+
+def test_one_text_gives_a_margin_without_standard_error():
+    from infini_onnx.evaluation import table
+
+    runs = {"model": dict(buckets={"10K+": 2.0}), "other": dict(buckets={"10K+": 2.5})}
+    result = dict(texts=[dict(path="t", bytes=1, tokens=1, runs=runs)])
+    result["margins"] = margins(result["texts"])
+    for run in runs.values():
+        run["buckets"] = {**dict.fromkeys(["0-1K", "1K-10K", "10K-100K", "100K+", "all"], 2.0),
+                          **run["buckets"]}  # fmt: skip
+    lines = "\n".join(table(result))
+    assert "vs other: +0.5000 bits/byte (+20.0%), no standard error from 1 text(s)" in lines
 
 
 @pytest.mark.parametrize(
@@ -167,6 +202,10 @@ def test_a_missing_model_or_empty_text_is_one_line(tiny_onnx, tmp_path):
     text = tmp_path / "doc.txt"
     text.write_text("hello")
     one_line_error(infini("eval", tmp_path / "nothing.onnx", text), "no such model")
+    missing = f"b={tmp_path / 'nothing'}"
+    one_line_error(infini("eval", tiny_onnx[0], text, "--compare", missing), "no such model")
+    one_line_error(infini("eval", tiny_onnx[1], text, "--plot", tmp_path / "p.txt"), "type")
+    one_line_error(infini("eval", tiny_onnx[1], text, "--json", text), "input")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     one_line_error(infini("eval", tiny_onnx[1], empty, "--no-ablations"), "empty")

@@ -125,3 +125,28 @@ def test_bad_input_is_one_line(model_dir_factory, text, tmp_path):
     for args, words in cases:
         one_line_error(infini("train", model_dir, *args), words)
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep"
+
+
+def test_rows_empty_their_memory_in_turn(model_dir_factory):
+    """--reset-memory-every K: each row's memory is emptied once every K steps, the rows
+    staggered; the window and the position go on."""
+    model = from_pretrained(model_dir_factory("delta", True))
+    ids = torch.tensor(list(TEXT.encode()))
+    recipe = TextRecipe(model.config, ids, 4, 2, reset_memory_every=4)
+    emptied = []
+    for step in range(1, 10):
+        if recipe.state is not None:
+            before = recipe.state
+            after = recipe.reset_memory(before, step)
+            rows = [r for r in range(4) if not after.memory[r].any()]
+            emptied.append((step, rows))
+            for r in range(4):
+                assert torch.equal(after.past_key[r], before.past_key[r])
+                assert after.memory_acc[r].any() == (r not in rows)
+                assert after.norm[r].any() == (r not in rows)
+            assert torch.equal(after.position, before.position)
+        with torch.no_grad():
+            recipe.step(model, step)
+    # row g empties before the steps s with (s - 1 + g) % 4 == 0
+    assert emptied == [(2, [3]), (3, [2]), (4, [1]), (5, [0]), (6, [3]), (7, [2]), (8, [1]),
+                       (9, [0])]  # fmt: skip

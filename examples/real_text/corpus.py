@@ -83,7 +83,7 @@ def main(out_dir: str) -> None:
     heldout.update({name: books[book] for name, book in HELD_OUT_BOOKS.items()})
     for folder, texts in (("train", train), ("heldout", heldout)):
         for name, text in texts.items():
-            (out / folder / f"{name}.txt").write_text(text)
+            (out / folder / f"{name}.txt").write_text(text, encoding="utf-8")
             print(f"{folder}/{name}.txt: {len(text.encode()):,} bytes")
 
 

@@ -15,17 +15,21 @@ python examples/real_text/corpus.py "$work/corpus"
 train=$work/corpus/train
 held=$work/corpus/heldout
 
-# The same preset, seed and recipe; the baseline's gates are closed (the memory never read).
+# The same preset, seed and recipe; the baseline's gates are closed (the memory never read, so
+# the memory resets change nothing for it).
 infini init "$work/init-memory" --preset text
 infini init "$work/init-window" --preset text --window-only
+pids=()
 for model in memory window; do
   infini train "$work/init-$model" --out "$work/text-$model" \
     --text "$train/kernel.txt" --text "$train/python.txt" --text "$train/bible.txt" \
     --eval-text "$held/ftrace.txt" --eval-tokens 8192 --eval-every 240 \
     --steps 720 --batch-size 8 --segments 2 --lr 2e-3 --gate-lr 5e-2 --warmup 50 \
-    --log-every 20 --checkpoint-every 120 --threads 1 > "$work/train-$model.log" 2>&1 &
+    --reset-memory-every 180 --log-every 20 --checkpoint-every 120 --threads 1 \
+    > "$work/train-$model.log" 2>&1 &
+  pids+=($!)
 done
-wait
+for pid in "${pids[@]}"; do wait "$pid"; done  # a failed training stops the script
 
 # Bits per byte by position: the model, its two ablations and the baseline.
 infini eval "$work/text-memory" "$held"/*.txt --compare "window-only baseline=$work/text-window" \

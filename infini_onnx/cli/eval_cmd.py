@@ -53,12 +53,17 @@ def eval_command(model, texts, compare, ablations, threads, json_out, plot) -> N
     from pathlib import Path
 
     from infini_onnx.atomic import atomic_output, check_output
-    from infini_onnx.evaluation import evaluate, table
+    from infini_onnx.errors import InfiniError
+    from infini_onnx.evaluation import evaluate, json_ready, pyplot, table
     from infini_onnx.evaluation import plot as draw
 
+    if json_out and plot and Path(json_out).resolve() == Path(plot).resolve():
+        raise InfiniError("--json and --plot name the same file")
     for out in (json_out, plot):
         if out:
-            check_output(out)  # before the work
+            check_output(out, texts)  # before the work, never over a text
+    if plot:
+        pyplot(plot)
     result = evaluate(
         Path(model),
         [Path(t) for t in texts],
@@ -71,7 +76,7 @@ def eval_command(model, texts, compare, ablations, threads, json_out, plot) -> N
         click.echo(line)
     if json_out:
         with atomic_output(json_out) as tmp:
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
+            tmp.write_text(json.dumps(json_ready(result), indent=1, allow_nan=False) + "\n")
     if plot:
         with atomic_output(plot) as tmp:
             draw(result, str(tmp))

@@ -29,9 +29,9 @@ from infini_onnx.config import MEMORY_UPDATES, PRESETS, preset_config
 @click.option(
     "--gate-init",
     type=FiniteFloatRange(-100, 100),
-    default=0.0,
-    show_default=True,
-    help="Every head's gate logit: sigmoid(gate) of its output comes from the memory.",
+    default=None,
+    help="Every head's gate logit: sigmoid(gate) of its output comes from the memory "
+    "(default: 0, an even mix).",
 )
 @click.option(
     "--window-only",
@@ -46,7 +46,7 @@ def init_command(
     memory_update: str | None,
     segment_len: int | None,
     local_window: int | None,
-    gate_init: float,
+    gate_init: float | None,
     window_only: bool,
     seed: int,
 ) -> None:
@@ -58,7 +58,7 @@ def init_command(
     from infini_onnx.model import init_model_dir
     from infini_onnx.model.modeling import CLOSED_GATE
 
-    if window_only and gate_init != 0:
+    if window_only and gate_init is not None:
         raise InfiniError("--window-only closes the gates: leave out --gate-init")
     overrides = {}
     if memory_update:
@@ -73,7 +73,7 @@ def init_command(
         raise InfiniError(f"{out_dir}: exists and is not an empty directory; choose a new one")
     check_output(out / "config.json")  # the parents can be created and written
 
-    gate = CLOSED_GATE if window_only else gate_init
+    gate = CLOSED_GATE if window_only else gate_init or 0.0
     model = init_model_dir(out_dir, preset, seed=seed, gate=gate, **overrides)
     n = sum(p.numel() for p in model.parameters())
     only = ", window only" if window_only else ""

@@ -69,6 +69,14 @@ from infini_onnx.cli.common import FiniteFloatRange, one_line_errors
     "a stream this many times longer would.",
 )
 @click.option(
+    "--reset-memory-every",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Empty each row's memory every this many steps (rows staggered), so that training "
+    "sees young memories as well as old ones, as a stream read from its start has (0: never).",
+)
+@click.option(
     "--checkpoint-every",
     type=click.IntRange(0),
     default=100,
@@ -99,8 +107,8 @@ from infini_onnx.cli.common import FiniteFloatRange, one_line_errors
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from OUT/checkpoint.")
 @one_line_errors
 def train_command(model_dir, texts, out, eval_text, eval_tokens, steps, batch_size, segments,
-                  lr, gate_lr, warmup, virtual_length, checkpoint_every, eval_every, log_every,
-                  seed, threads, device, resume) -> None:  # fmt: skip
+                  lr, gate_lr, warmup, virtual_length, reset_memory_every, checkpoint_every,
+                  eval_every, log_every, seed, threads, device, resume) -> None:  # fmt: skip
     """Continue pre-training MODEL_DIR on text: next-token loss over long streams, segment by
     segment, the memory carried between steps (docs/training.md, "infini train"). Runs under
     `torchrun --nproc_per_node N --no-python infini train ...` as N processes."""
@@ -127,7 +135,7 @@ def train_command(model_dir, texts, out, eval_text, eval_tokens, steps, batch_si
         eval_ids = tokenize(tokenizer_json, [Path(eval_text)], config.eos_token_id)[:eval_tokens]
     recipe = TextRecipe(
         config, ids, batch_size, segments or default_segments(config), process.rank,
-        process.world, virtual_length, eval_ids,
+        process.world, virtual_length, eval_ids, reset_memory_every,
     )  # fmt: skip
     cfg = LoopConfig(
         steps=steps, lr=lr, gate_lr=gate_lr, warmup=warmup, log_every=log_every,
@@ -144,6 +152,7 @@ def train_command(model_dir, texts, out, eval_text, eval_tokens, steps, batch_si
         batch_size=batch_size,
         segments=recipe.span // config.segment_len,
         virtual_length=virtual_length,
+        reset_memory_every=reset_memory_every,
     )
     train(
         model, recipe, cfg, out, tokenizer_json=tokenizer_json, resume=resume, log=click.echo,

@@ -470,12 +470,13 @@ class InfiniLlamaForCausalLM(nn.Module):
                 else:
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
 
-    def close_gates(self) -> None:
-        """Make the model window-only: every head's gate at CLOSED_GATE. The memory is still
-        written but never read, and training leaves the gates closed (zero gradient)."""
+    def set_gates(self, logit: float) -> None:
+        """Every head's gate logit: sigmoid(logit) of its output comes from the memory.
+        CLOSED_GATE makes the model window-only: the memory is still written but never read,
+        and training leaves the gates closed (zero gradient)."""
         with torch.no_grad():
             for layer in self.model.layers:
-                layer.self_attn.gate.fill_(CLOSED_GATE)
+                layer.self_attn.gate.fill_(logit)
 
     def new_state(self, batch: int = 1, device=None) -> StreamState:
         return StreamState.zeros(self.config, batch, self.dtype, device)
@@ -603,8 +604,6 @@ def init_model_dir(
 
     model = InfiniLlamaForCausalLM(preset_config(preset, **overrides))
     model.init_weights(seed)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.gate.fill_(gate)
+    model.set_gates(gate)
     model.save_pretrained(out_dir, tokenizer_json=byte_level_tokenizer().to_str(pretty=True))
     return model

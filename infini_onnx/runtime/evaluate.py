@@ -65,7 +65,9 @@ class Scored:
 
 
 def tokenize_with_offsets(tokenizer: Tokenizer | None, text: str) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids [S] of `text` and the byte offset [S] where each starts."""
+    """Token ids [S] of `text` and the byte offset [S] where each starts. Offsets never go
+    back and stay inside the text: tokenizers that trim whitespace from their offsets give a
+    whitespace token an empty span after it, which would fall outside every range."""
     if tokenizer is None:
         raise InputError("this model has no tokenizer in its metadata: it cannot read text")
     check_unicode(text)
@@ -73,6 +75,8 @@ def tokenize_with_offsets(tokenizer: Tokenizer | None, text: str) -> tuple[np.nd
     char_bytes = np.fromiter((len(c.encode()) for c in text), np.int64, len(text))
     byte_at_char = np.concatenate([[0], np.cumsum(char_bytes)])  # [chars + 1]
     starts = np.array([byte_at_char[a] for a, _ in encoding.offsets], np.int64)
+    last = max(int(byte_at_char[-1]) - 1, 0)
+    starts = np.minimum(np.maximum.accumulate(starts), last)
     return np.array(encoding.ids, np.int64), starts
 
 
@@ -92,7 +96,7 @@ def score(
 ) -> Scored:
     """Every token of `text` scored by the model, read as one stream after end-of-text,
     one segment per call (reset_memory: the memory emptied at each segment boundary).
-    `progress(tokens)` is called after each call."""
+    `progress(tokens)` is called after each call. The text's bytes are its UTF-8 encoding."""
     ids, starts = tokenize_with_offsets(model.tokenizer, text)
     if not len(ids):
         raise InputError("the text is empty: nothing to score")
