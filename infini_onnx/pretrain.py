@@ -25,6 +25,7 @@ from infini_onnx.errors import InfiniError
 from infini_onnx.model import InfiniLlamaForCausalLM
 from infini_onnx.model.modeling import StreamState
 from infini_onnx.runtime.textio import encode_files
+from infini_onnx.stepgraph.state_spec import MEMORY_INPUTS
 
 
 def tokenize(tokenizer_json: str | None, paths: list[Path], eos: int) -> torch.Tensor:
@@ -93,16 +94,12 @@ class TextRecipe:
         fresh = (step - 1 + self.phases) % self.reset_memory_every == 0  # [B]
         if not fresh.any():
             return state
-        keep = (~fresh).to(state.memory.device)
-        m = keep[:, None, None, None, None].to(state.memory.dtype)
-        z = keep[:, None, None, None].to(state.norm.dtype)
-        return replace(
-            state,
-            memory=state.memory * m,
-            norm=state.norm * z,
-            memory_acc=state.memory_acc * m,
-            norm_acc=state.norm_acc * z,
-        )
+        keep = (~fresh).to(state.position.device)
+        emptied = {}
+        for name in MEMORY_INPUTS:
+            tensor = getattr(state, name)  # [B, ...]
+            emptied[name] = tensor * keep.view(-1, *[1] * (tensor.dim() - 1)).to(tensor.dtype)
+        return replace(state, **emptied)
 
     @torch.no_grad()
     def evaluate(self, model: InfiniLlamaForCausalLM, step: int) -> dict[str, Any]:
