@@ -230,3 +230,20 @@ def test_window_only_models_never_read_or_learn_the_memory(tmp_path):
     one_line_error(
         infini("init", tmp_path / "x", "--window-only", "--gate-init", "-3"), "--gate-init"
     )
+
+
+def test_the_shipped_text_model_reads_english():
+    """examples/models/text-3m (docs/real-text.md) loads and predicts English prose far better
+    than chance (8 bits per byte): its weights are the trained ones."""
+    from pathlib import Path
+
+    model = InfiniLlamaForCausalLM.from_pretrained(
+        Path(__file__).parent.parent / "examples/models/text-3m"
+    )
+    text = (
+        "And the word of the LORD came unto me, saying, Go and cry in the ears of Jerusalem, "
+        "saying, Thus saith the LORD; I remember thee, the kindness of thy youth. "
+    ) * 4
+    ids = np.frombuffer(text.encode(), np.uint8).astype(np.int64)
+    bits = reference_bits(model, ids, reset=False)
+    assert bits.sum() / len(ids) < 2.5
