@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real-text model and its evidence (docs/real-text.md): the corpus from Debian packages, the
 # model and its window-only baseline trained with one recipe, then `infini eval` on held-out
-# documents, and the model's quantised variants. About 1 hour on 2 cores (the two trainings run
+# documents, and the model's quantised variants. About 1.5 hours on 2 cores (the two trainings run
 # side by side, one thread each).
 set -euo pipefail
 work=${1:-build/real-text}
