@@ -28,6 +28,7 @@ from infini_onnx.runtime import InfiniModel
 from infini_onnx.runtime.device import check_threads
 from infini_onnx.runtime.evaluate import BUCKETS, Scored, score
 from infini_onnx.runtime.progress import Progress
+from infini_onnx.runtime.textio import read_text_file
 
 MODEL, RESET, WINDOW = "model", "memory reset", "window only"
 MARGIN_BUCKET = "10K+"
@@ -91,12 +92,7 @@ def evaluate(
         check_model_path(path)
     if threads is not None:
         check_threads(threads)
-    contents = {}
-    for path in texts:
-        try:
-            contents[path] = path.read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise InfiniError(f"{path}: cannot read ({e.strerror or e})") from None
+    contents = {path: read_text_file(path) for path in texts}
     with tempfile.TemporaryDirectory(prefix="infini-eval.") as tmp:
         graphs = {MODEL: (graph_of(model, Path(tmp) / MODEL, log), False)}
         if ablations:
@@ -109,9 +105,11 @@ def evaluate(
                 log(f"no {WINDOW!r} ablation: it needs the model directory, not an .onnx")
         for label, path in compare.items():
             graphs[label] = (graph_of(path, Path(tmp) / f"compare-{len(graphs)}", log), False)
-        results = {path: {} for path in texts}
+        results, sessions = {path: {} for path in texts}, {}
         for label, (graph, reset) in graphs.items():
-            session = InfiniModel(graph, threads=threads)
+            if graph not in sessions:  # the memory reset runs the model's own session
+                sessions[graph] = InfiniModel(graph, threads=threads)
+            session = sessions[graph]
             for path, text in contents.items():
                 t0 = time.perf_counter()
                 scored = scored_with_progress(session, text, reset)
@@ -128,8 +126,8 @@ def report(model: Path, results: dict[Path, dict[str, Scored]]) -> dict[str, Any
     texts = [
         dict(
             path=str(path),
-            bytes=next(iter(runs.values())).size,
-            tokens=len(next(iter(runs.values())).bits),
+            bytes=runs[MODEL].size,
+            tokens=len(runs[MODEL].bits),
             runs={label: dict(buckets=s.buckets(), curve=s.curve()) for label, s in runs.items()},
         )
         for path, runs in results.items()
@@ -141,10 +139,12 @@ def margins(texts: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """For each run other than the model: how much lower the model's bits per byte beyond 10K
     bytes are, over the texts long enough to have them (mean, standard error, the mean in
     standard errors, and in percent of the other run's mean)."""
-    out = {}
     long = [t for t in texts if not math.isnan(t["runs"][MODEL]["buckets"][MARGIN_BUCKET])]
-    for label in texts[0]["runs"] if texts else []:
-        if label == MODEL or not long:
+    if not long:
+        return {}
+    out = {}
+    for label in long[0]["runs"]:
+        if label == MODEL:
             continue
         other = np.array([t["runs"][label]["buckets"][MARGIN_BUCKET] for t in long])
         ours = np.array([t["runs"][MODEL]["buckets"][MARGIN_BUCKET] for t in long])

@@ -8,13 +8,15 @@ from infini_onnx.cli.common import one_line_errors
 
 
 def _compared(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
-    """--compare LABEL=MODEL pairs, labels unique."""
+    """--compare LABEL=MODEL pairs, labels unique and none of the model's own runs."""
+    from infini_onnx.evaluation import MODEL, RESET, WINDOW
+
     out = {}
     for value in values:
         label, sep, path = value.partition("=")
         if not sep or not label or not path:
             raise click.BadParameter(f"{value!r}: expected LABEL=MODEL")
-        if label in out or label in ("model", "memory reset", "window only"):
+        if label in out or label in (MODEL, RESET, WINDOW):
             raise click.BadParameter(f"{value!r}: the label {label!r} is taken")
         out[label] = path
     return out

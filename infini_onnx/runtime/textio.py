@@ -26,18 +26,22 @@ def encode(tokenizer: Tokenizer | None, text: str) -> np.ndarray:
     return np.array(tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
 
 
+def read_text_file(path: str | Path) -> str:
+    """A text file as UTF-8, undecodable bytes as U+FFFD; InputError if it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def encode_files(
     tokenizer: Tokenizer | None, paths: Iterable[str | Path], separator: int | None = None
 ) -> np.ndarray:
-    """Token ids of text files, one after the other (`separator` after each, e.g. eos);
-    undecodable bytes read as U+FFFD. InputError for a file that cannot be read."""
+    """Token ids of text files (read_text_file), one after the other (`separator` after
+    each, e.g. eos)."""
     pieces = []
     for path in paths:
-        try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
-        pieces.append(encode(tokenizer, text))
+        pieces.append(encode(tokenizer, read_text_file(path)))
         if separator is not None:
             pieces.append(np.array([separator], np.int64))
     return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
