@@ -25,6 +25,13 @@ HELD_OUT_FILES = {
     "kvm-api": KERNEL / "virt/kvm/api.rst.gz",
     "ftrace": KERNEL / "trace/ftrace.rst.gz",
     "stdtypes": PYTHON / "library/stdtypes.rst.txt",
+    # The packages' other plain-text documents of 200K bytes or more, none of them training text
+    # (training reads .rst sources only): a parameter reference, a maintainers' list, two
+    # changelogs.
+    "kernel-parameters": KERNEL / "admin-guide/kernel-parameters.txt.gz",
+    "maintainers": KERNEL.parent / "MAINTAINERS.gz",
+    "python-news": PYTHON.parents[1] / "NEWS.gz",
+    "python-history": PYTHON.parents[1] / "HISTORY.gz",
 }
 HELD_OUT_BOOKS = {"psalms": "Psalms", "jeremiah": "Jeremiah"}
 CHAPTER = re.compile(r"^((?:[1-3] )?[A-Z][A-Za-z ]+) \d+$")  # "Genesis 1", "1 Kings 3"

@@ -38,6 +38,20 @@ def _model_options(fn: Callable) -> Callable:
         click.option(
             "--save-state", type=click.Path(dir_okay=False), help="Save the state at the end."
         ),
+        click.option(
+            "--cache",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="A state store directory: resume from the longest prefix of the input it "
+            "holds, and keep boundaries in it for the next run (docs/runtime.md).",
+        ),
+        click.option(
+            "--cache-mb",
+            type=click.IntRange(1),
+            default=4096,
+            show_default=True,
+            help="The most the --cache directory may hold, in MiB.",
+        ),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), fn)
 
@@ -68,12 +82,14 @@ def _open_stream(
     threads: int | None,
     resume: str | None,
     save_state: str | None,
+    cache: str | None,
+    cache_mb: int,
     inputs: tuple[str, ...] = (),
 ) -> tuple[InfiniModel, Stream]:
-    """The model and the stream (resumed or new), once --save-state is known to be writable
-    and none of the inputs (the model, its data file, `inputs`)."""
+    """The model and the stream (resumed or new, with the --cache store), once --save-state is
+    known to be writable and none of the inputs (the model, its data file, `inputs`)."""
     from infini_onnx.atomic import check_output
-    from infini_onnx.runtime import InfiniModel, StateFileError, Stream
+    from infini_onnx.runtime import InfiniModel, StateFileError, StateStore, Stream
     from infini_onnx.stepgraph.files import graph_files
 
     if save_state:
@@ -81,7 +97,10 @@ def _open_stream(
         check_output(save_state, sources, StateFileError)  # before any streaming
 
     model = InfiniModel(model_path, device=device, threads=threads)
-    return model, (Stream.load(model, resume) if resume else Stream(model))
+    store = StateStore(cache, disk_bytes=cache_mb << 20) if cache else None
+    if resume:
+        return model, Stream.load(model, resume, store=store)
+    return model, Stream(model, store=store)
 
 
 def _blocks(f: BinaryIO) -> Iterator[bytes]:
@@ -104,10 +123,18 @@ def _generate(stream: Stream, n: int, prompt: str | None, sampling: SamplingOpti
 
 
 def _finish(stream: Stream, save_state: str | None, output_open: bool = True) -> None:
-    """Save the state if asked; then, if stdout was closed, end with one line and exit status
-    EXIT_BROKEN_PIPE (docs/runtime.md, "CLI")."""
+    """Save the state if asked; say what the cache did; then, if stdout was closed, end with
+    one line and exit status EXIT_BROKEN_PIPE (docs/runtime.md, "CLI")."""
     if save_state:
         stream.save(save_state)
+    if stream.store is not None:
+        stats = stream.store.stats()
+        click.echo(
+            f"cache: {stats.tokens_saved:,} tokens read from {stream.store.directory}, "
+            f"{stats.stores} boundaries stored, {stats.disk_bytes / 2**20:.1f} MiB held"
+            + (f", {stats.rejected} damaged entries ignored" if stats.rejected else ""),
+            err=True,
+        )
     if not output_open:
         saved = f"; state saved to {save_state}" if save_state else ""
         click.echo(f"error: output closed (broken pipe){saved}", err=True)
@@ -146,6 +173,8 @@ def stream_command(
     threads: int | None,
     resume: str | None,
     save_state: str | None,
+    cache: str | None,
+    cache_mb: int,
     file: str | None,
     generate_n: int,
     prompt: str | None,
@@ -171,7 +200,7 @@ def stream_command(
     if prompt is not None:
         check_unicode(prompt, "--prompt")
     onnx_model, stream = _open_stream(
-        model, device, threads, resume, save_state, (file,) if file else ()
+        model, device, threads, resume, save_state, cache, cache_mb, (file,) if file else ()
     )
     if file is not None:
         meter = Progress() if progress else None
@@ -198,6 +227,8 @@ def generate_command(
     threads: int | None,
     resume: str | None,
     save_state: str | None,
+    cache: str | None,
+    cache_mb: int,
     prompt: str | None,
     max_new_tokens: int,
     **sampling,
@@ -208,5 +239,5 @@ def generate_command(
     options = _sampling(sampling)
     if prompt is not None:
         check_unicode(prompt, "--prompt")
-    _, stream = _open_stream(model, device, threads, resume, save_state)
+    _, stream = _open_stream(model, device, threads, resume, save_state, cache, cache_mb)
     _finish(stream, save_state, _generate(stream, max_new_tokens, prompt, options))

@@ -18,6 +18,7 @@ from infini_onnx.runtime.device import session_options
 from infini_onnx.runtime.sampling import SamplingOptions
 from infini_onnx.runtime.session import InfiniModel
 from infini_onnx.runtime.state import State
+from infini_onnx.runtime.store import StateStore, StoreWarning
 from infini_onnx.runtime.stream import Stream, StreamBatch
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "SamplingOptions",
     "State",
     "StateFileError",
+    "StateStore",
+    "StoreWarning",
     "Stream",
     "StreamBatch",
     "session_options",

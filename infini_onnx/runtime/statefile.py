@@ -46,6 +46,13 @@ def write_safetensors(
 ) -> None:
     """Write tensors and string metadata atomically (infini_onnx.atomic.atomic_output), never over
     one of `inputs`."""
+    data = safetensors_bytes(tensors, metadata)
+    with atomic_output(path, error=StateFileError, inputs=inputs) as tmp:
+        tmp.write_bytes(data)
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """The whole file of tensors and string metadata, checksum included."""
     header: dict = {"__metadata__": dict(metadata)}
     blobs, offset = [], 0
     for name, array in tensors.items():
@@ -61,8 +68,7 @@ def write_safetensors(
     header["__metadata__"]["checksum"] = _checksum(header, data)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    with atomic_output(path, error=StateFileError, inputs=inputs) as tmp:
-        tmp.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return struct.pack("<Q", len(text)) + text + data
 
 
 def read_safetensors(
@@ -155,8 +161,15 @@ def load_state(
     path: str | Path, model_id: str, graph_format: int, max_bytes: int | None = None
 ) -> dict[str, np.ndarray]:
     """Read a state file written by save_state for the model `model_id` and a step graph of
-    format `graph_format` (at most max_bytes). Files written before the key existed are
-    format 1's."""
+    format `graph_format` (at most max_bytes)."""
+    return read_state(path, model_id, graph_format, max_bytes)[0]
+
+
+def read_state(
+    path: str | Path, model_id: str, graph_format: int, max_bytes: int | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """load_state's tensors, and the file's metadata. Files written before the graph_format key
+    existed are format 1's."""
     tensors, metadata = read_safetensors(path, max_bytes)
     if metadata.get("format") != STATE_FORMAT:
         raise StateFileError(f"{path}: not an infini-onnx stream state")
@@ -176,4 +189,4 @@ def load_state(
             f"{path}: state of another model (model_id {metadata.get('model_id', '?')[:12]!r}..., "
             f"this model is {model_id[:12]}...)"
         )
-    return tensors
+    return tensors, metadata

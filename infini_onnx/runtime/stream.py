@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from infini_onnx.errors import InputError, StateFileError
+from infini_onnx.errors import InputError
 from infini_onnx.runtime import statefile, textio
+from infini_onnx.runtime import store as stored
 from infini_onnx.runtime.sampling import Sampler, SamplingOptions
 from infini_onnx.runtime.session import InfiniModel
 from infini_onnx.runtime.state import State
+from infini_onnx.runtime.store import Entry, StateStore
 from infini_onnx.stepgraph.files import graph_files
 
 Tokens = np.ndarray | Iterable[int] | Iterable[Iterable[int]]
@@ -80,39 +82,55 @@ class _Streams:
         for _ in range(max_new_tokens):
             tokens = sampler(self._state.logits)
             _, self._state = self._model.step(self._state, tokens[:, None], 1)
+            self._decoded(tokens)
             yield tokens
+
+    def _decoded(self, tokens: np.ndarray) -> None:
+        """After a decode call that took tokens [B]."""
 
 
 class Stream(_Streams):
     """One token stream over an InfiniModel: constant memory and per-token cost at any length.
 
-    Stream(model) starts an empty stream; Stream.load(model, path) resumes a saved one.
+    Stream(model) starts an empty stream; Stream.load(model, path) resumes a saved one. With a
+    StateStore (`store=`), feeds resume from the longest prefix the store holds and keep
+    boundaries in it, and the stream can roll back (docs/runtime.md, "The state store").
     """
 
-    def __init__(self, model: InfiniModel, state: State | None = None):
+    def __init__(
+        self, model: InfiniModel, state: State | None = None, *, store: StateStore | None = None
+    ):
         _check_model(model)
+        if store is not None and not isinstance(store, StateStore):
+            raise InputError(f"store must be a StateStore, got {type(store).__name__}")
         super().__init__(model, State.zeros(model.layout) if state is None else state)
+        self._store = store
+        if store is not None:
+            if state is not None:
+                raise InputError("a stream with a store starts empty or from Stream.load")
+            self._history = _History.empty(model)
 
     @classmethod
-    def load(cls, model: InfiniModel, path: str | Path) -> Stream:
+    def load(cls, model: InfiniModel, path: str | Path, *, store: StateStore | None = None):
         """A stream from a state file written by `Stream.save` for this model."""
         _check_model(model)
-        host = statefile.load_state(
+        host, _ = statefile.read_state(
             _path(path), model.model_id, model.format_version, model.layout.max_file_bytes()
         )
-        if not all(np.isfinite(a).all() for a in host.values()):
-            raise StateFileError(f"{path}: NaN or inf in the saved state")
-        try:
-            state = State.from_host(model.layout, host)
-        except (KeyError, ValueError, IndexError) as e:
-            raise StateFileError(f"{path}: not a state of this model ({e!r})") from None
-        if state.batch != 1:
-            raise StateFileError(f"{path}: a batch of {state.batch} streams")
-        return cls(model, state)
+        stored.check_state(model, host, path)
+        stream = cls(model, State.from_host(model.layout, host))
+        if store is not None:
+            stream._store = store
+            stream._history = _History.start(model, store, host)
+        return stream
 
     @property
     def tokens_seen(self) -> int:
         return int(self._state.tokens_seen[0])
+
+    @property
+    def store(self) -> StateStore | None:
+        return self._store
 
     @property
     def logits(self) -> np.ndarray | None:
@@ -184,11 +202,77 @@ class Stream(_Streams):
     def reset(self) -> None:
         """Back to an empty stream."""
         self._state = State.zeros(self._model.layout)
+        if self._store is not None:
+            self._history = _History.empty(self._model)
 
     def fork(self) -> Stream:
         """An independent copy at the same point (its own copy of the window ring, the only
-        tensors a call writes in place: State)."""
-        return Stream(self._model, self._state.copy())
+        tensors a call writes in place: State), with the same store."""
+        fork = Stream(self._model, self._state.copy())
+        fork._store = self._store
+        if self._store is not None:
+            fork._history = self._history.copy()
+        return fork
+
+    def rollback(self, n_tokens: int) -> None:
+        """Go back n_tokens: the state becomes bit-identical to that of the same calls cut
+        where the stream was n_tokens ago. Needs a store: the stream replays from the stored
+        boundary before that point; InputError (the stream unchanged) if the store no longer
+        holds one (evicted)."""
+        if self._store is None:
+            raise InputError("rollback needs a stream with a state store (Stream(model, store=))")
+        if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)):
+            raise InputError(f"n_tokens must be an integer, got {n_tokens!r}")
+        if not 0 <= n_tokens <= self.tokens_seen:
+            raise InputError(f"n_tokens must be in [0, {self.tokens_seen}], got {n_tokens}")
+        target = self.tokens_seen - int(n_tokens)
+        history, state = self._history.rewound(self._model, self._store, target)
+        for call in history.trail:
+            _, state = self._model.step(state, call[None], 1)
+        self._state, self._history = state, history
+
+    def _ingest(self, chunks, all_logits: bool) -> np.ndarray:
+        if self._store is None:
+            return super()._ingest(chunks, all_logits)
+        return self._ingest_stored(chunks, all_logits)
+
+    def _ingest_stored(self, chunks, all_logits: bool) -> np.ndarray:
+        """_ingest through the store: in each span of `every` segments, jump to the longest
+        boundary the store holds (unless every token's logits are asked for), feed the rest and
+        keep the boundaries of the policy (StateStore). All or nothing, as _ingest."""
+        store, N = self._store, self._model.config.segment_len
+        state, history = self._state.copy(), self._history.copy()
+        collected, fed, saved = [], False, 0
+        pieces = _segment_pieces(chunks, N - state.cached, N)
+        for window, last in _windows(pieces, self.tokens_seen, store.every * N):
+            fed = True
+            skip, loaded = (0, None) if all_logits else history.jump(self._model, store, window)
+            if loaded is not None:
+                state = loaded
+                saved += sum(p.shape[1] for p in window[:skip])
+            end = int(state.tokens_seen[0]) + sum(p.shape[1] for p in window[skip:])
+            keep = _kept_boundaries(end, N, store.every, int(state.tokens_seen[0])) if last else ()
+            for piece in window[skip:]:
+                logits, state = self._model.step(state, piece, piece.shape[1] if all_logits else 1)
+                if all_logits:
+                    collected.append(logits)
+                history.called(piece[0])
+                seen = int(state.tokens_seen[0])
+                if state.cached == 0 and (seen % (store.every * N) == 0 or seen in keep):
+                    history.keep(self._model, store, state)
+        if not fed:
+            raise InputError("empty input: no tokens to feed")
+        store.count_saved(saved) if saved else store.count_miss()
+        self._state, self._history = state, history
+        return np.concatenate(collected, axis=1) if all_logits else state.logits
+
+    def _decoded(self, tokens: np.ndarray) -> None:
+        if self._store is None:
+            return
+        self._history.called(tokens)
+        span = self._store.every * self._model.config.segment_len
+        if self.tokens_seen % span == 0:
+            self._history.keep(self._model, self._store, self._state)
 
     def save(self, path: str | Path) -> None:
         """Write the state atomically (see docs/runtime.md for the format)."""
@@ -255,6 +339,125 @@ class StreamBatch(_Streams):
     def split(self) -> list[Stream]:
         """The streams of the batch, each on its own again."""
         return [Stream(self._model, state) for state in self._state.split()]
+
+
+class _History:
+    """What a stream with a store knows of its past (docs/runtime.md, "The state store"): its
+    key (store.extend over every call since its start), its anchor (the newest boundary it kept
+    in or loaded from the store, or its start) and the calls since the anchor."""
+
+    def __init__(self, key: bytes, anchor: bytes, anchor_seen: int, trail: list, empty: bytes):
+        self.key, self.anchor, self.anchor_seen = key, anchor, anchor_seen
+        self.trail: list[np.ndarray] = trail  # calls since the anchor, [t] int64 each
+        self.empty = empty  # the key of an empty stream of this model
+
+    @classmethod
+    def empty(cls, model: InfiniModel) -> _History:
+        key = stored.empty_key(model.model_id, model.format_version)
+        return cls(key, key, 0, [], key)
+
+    @classmethod
+    def start(cls, model: InfiniModel, store: StateStore, host: dict) -> _History:
+        """The history of a stream resumed from a state file: that state is its start, kept in
+        the store (without a parent) so that rollback can return to it."""
+        key = stored.state_key(model.model_id, model.format_version, host)
+        store.put(key, Entry({k: np.array(v) for k, v in host.items()}, None, []), model)
+        empty = stored.empty_key(model.model_id, model.format_version)
+        return cls(key, key, int(host["tokens_seen"][0]), [], empty)
+
+    def copy(self) -> _History:
+        return _History(self.key, self.anchor, self.anchor_seen, list(self.trail), self.empty)
+
+    def called(self, ids: np.ndarray) -> None:
+        """After a call that took ids [t]."""
+        ids = np.array(ids, np.int64)
+        self.key = stored.extend(self.key, ids)
+        self.trail.append(ids)
+
+    def keep(self, model: InfiniModel, store: StateStore, state: State) -> None:
+        """Store the state (at a boundary) under the key, with the calls since the anchor; it
+        becomes the anchor."""
+        host = {k: np.array(v) for k, v in state.to_host().items()}  # the ring is written later
+        store.put(self.key, Entry(host, self.anchor, self.trail), model)
+        self.anchor, self.anchor_seen, self.trail = self.key, int(state.tokens_seen[0]), []
+
+    def jump(self, model: InfiniModel, store: StateStore, window: list[np.ndarray]):
+        """(pieces of window to skip, the state after them) for the longest of the window's
+        boundaries that the store holds; (0, None) if none."""
+        N = model.config.segment_len
+        keys, key, seen = [], self.key, self.anchor_seen + stored.calls_tokens(self.trail)
+        for piece in window:
+            key, seen = stored.extend(key, piece[0]), seen + piece.shape[1]
+            keys.append((key, seen))
+        for i in reversed(range(len(window))):
+            key, seen = keys[i]
+            if seen % N == 0 and store.contains(key):
+                entry = store.get(key, model)
+                if entry is not None:
+                    self.key, self.anchor, self.anchor_seen, self.trail = key, key, seen, []
+                    return i + 1, State.from_host(model.layout, entry.host)
+        return 0, None
+
+    def rewound(self, model: InfiniModel, store: StateStore, target: int):
+        """(the history at token `target`, the state of its anchor): walks back along the
+        entries' parents to the newest boundary at or before target, and cuts the calls from
+        there at target (the caller replays them)."""
+        anchor, anchor_seen, calls = self.anchor, self.anchor_seen, self.trail
+        while anchor_seen > target:
+            entry = store.get(anchor, model)
+            if entry is None or entry.parent is None:
+                where = "the stream's start" if entry is not None else "the store (evicted)"
+                raise InputError(
+                    f"cannot roll back to token {target:,}: the boundary at token "
+                    f"{anchor_seen:,} leads back no further ({where})"
+                )
+            anchor, calls = entry.parent, entry.calls
+            anchor_seen -= stored.calls_tokens(calls)
+        if anchor == self.empty:
+            state = State.zeros(model.layout)
+        else:
+            entry = store.get(anchor, model)
+            if entry is None:
+                raise InputError(
+                    f"cannot roll back to token {target:,}: the boundary at token "
+                    f"{anchor_seen:,} is gone from the store (evicted)"
+                )
+            state = State.from_host(model.layout, entry.host)
+        replay, at = [], anchor_seen
+        for call in calls:
+            if at >= target:
+                break
+            replay.append(call[: target - at])
+            at += len(replay[-1])
+        history = _History(anchor, anchor, anchor_seen, [], self.empty)
+        for call in replay:
+            history.called(call)
+        return history, state
+
+
+def _windows(pieces: Iterable[np.ndarray], seen: int, span: int):
+    """Group the pieces into windows that end where the stream passes a multiple of `span`
+    tokens; yields (window, is_last). Holds at most one window."""
+    window: list[np.ndarray] = []
+    for piece in pieces:
+        if window and seen % span == 0:
+            yield window, False
+            window = []
+        window.append(piece)
+        seen += piece.shape[1]
+    if window:
+        yield window, True
+
+
+def _kept_boundaries(end: int, segment_len: int, every: int, after: int) -> set[int]:
+    """The boundaries a feed ending at token `end` keeps besides every `every`-th: the last one
+    and those 1, 2, 4, 8... segments before it, down to token `after` (exclusive)."""
+    last = end // segment_len * segment_len
+    out, back = {last}, 1
+    while back < every:
+        out.add(last - back * segment_len)
+        back *= 2
+    return {b for b in out if b > after}
 
 
 def _check_model(model: object) -> None:
