@@ -295,3 +295,82 @@ def test_generate_over_the_servers_limit_is_refused(server):
     code, text = client.request("POST", f"/v1/streams/{sid}/generate", {"max_new_tokens": LONG + 1})
     assert code == 400 and f"[0, {LONG}] (this server's limit)" in json.loads(text)["error"]
     assert client.json("GET", f"/v1/streams/{sid}")["tokens_seen"] == 0
+
+
+# --- fork, OpenAI-compatible completions (issue: read once, ask many) -------------------------
+
+
+def test_32_concurrent_forks_of_one_stream_never_see_each_others_tokens(server):
+    client, model_path, _, _ = server
+    model = InfiniModel(model_path, threads=1)
+    N = model.config.segment_len
+    source = client.json("POST", "/v1/streams", {}, status=201)["id"]
+    prefix = np.random.default_rng(5).integers(0, 256, 2 * N + 7).tolist()
+    client.json("POST", f"/v1/streams/{source}/feed", {"ids": prefix})
+    own = [np.random.default_rng(600 + i).integers(0, 256, 3 + i).tolist() for i in range(32)]
+
+    def fork_and_feed(i: int) -> tuple[list[float], list[int]]:
+        fork = client.json("POST", "/v1/streams", {"fork": source}, status=201)["id"]
+        got = client.json("POST", f"/v1/streams/{fork}/feed", {"ids": own[i], "logits": True})
+        body = {"max_new_tokens": 4, "temperature": 0, "stop": []}
+        return got["logits"], client.json("POST", f"/v1/streams/{fork}/generate", body)["ids"]
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(fork_and_feed, range(32)))
+    for i, (logits, ids) in enumerate(answers):
+        alone = Stream(model)
+        alone.feed(prefix)
+        np.testing.assert_array_equal(np.array(logits, np.float32), alone.feed(own[i]))
+        assert ids == list(alone.generate([], 4, stop=[], temperature=0))
+    assert client.json("GET", f"/v1/streams/{source}")["tokens_seen"] == len(prefix)
+    assert client.request("POST", "/v1/streams", {"fork": "0" * 32})[0] == 404
+
+
+def test_the_openai_client_runs_completions_and_prefixes_come_from_the_store(server):
+    openai = pytest.importorskip("openai")
+    client, model_path, port, _ = server
+    model = InfiniModel(model_path, threads=1)
+    api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in api.models.list().data] == ["infini"]
+    document = "".join(chr(32 + i % 90) for i in range(20 * model.config.segment_len + 13))
+    saved_before = metric_sum(client, "infini_cache_tokens_saved_total")
+    for i, question in enumerate(["Q: who? A:", "Q: where is it? A:", "Q: when? A:"]):
+        prompt = document + question
+        want = "".join(Stream(model).generate_text(prompt, max_new_tokens=12, temperature=0))
+        got = api.completions.create(model="infini", prompt=prompt, max_tokens=12, temperature=0)
+        assert got.choices[0].text == want
+        assert got.usage.prompt_tokens == len(prompt.encode())
+        assert got.choices[0].finish_reason in ("length", "stop")
+        if i:  # the document came from the store
+            assert got.usage.prompt_tokens_details.cached_tokens >= 20 * 32 - 32
+        chunks = api.completions.create(
+            model="infini", prompt=prompt, max_tokens=12, temperature=0, stream=True
+        )
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == want
+    assert metric_sum(client, "infini_cache_tokens_saved_total") > saved_before
+    assert metric_sum(client, "infini_cache_hits_total") > 0
+    assert metric_sum(client, "infini_cache_bytes") > 0
+
+
+def test_completion_stop_strings_and_refusals(server):
+    client, model_path, _, _ = server
+    model = InfiniModel(model_path, threads=1)
+    prompt = "abc " * 20
+    full = "".join(Stream(model).generate_text(prompt, max_new_tokens=30, temperature=0))
+    stop = full[5:7] if len(full) > 8 else None
+    body = {"prompt": prompt, "max_tokens": 30, "temperature": 0}
+    if stop:
+        got = client.json("POST", "/v1/completions", {**body, "stop": [stop]})
+        assert got["choices"][0]["text"] == full[: full.find(stop)]
+        assert got["choices"][0]["finish_reason"] == "stop"
+    for bad, status, message in [
+        ({**body, "n": 2}, 400, '"n" is not supported'),
+        ({**body, "model": "gpt-4"}, 404, "no such model 'gpt-4'"),
+        ({**body, "max_tokens": LONG + 1}, 400, "max_tokens"),
+        ({**body, "best_of": 3}, 400, "best_of"),
+        ({**body, "frobnicate": 1}, 400, "unknown field 'frobnicate'"),
+        ({**body, "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4"),
+        ({"prompt": [1, "x"]}, 400, "prompt"),
+    ]:
+        code, text = client.request("POST", "/v1/completions", bad)
+        assert code == status and message in json.loads(text)["error"], (bad, text)

@@ -331,3 +331,25 @@ def test_a_loaded_stream_rolls_back_to_its_start_and_no_further(model, tmp_path)
     assert_same(stream, first)
     with pytest.raises(InputError, match="the stream's start"):
         stream.rollback(1)
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_infini_stream_with_a_cache_reads_the_second_run_from_it(tiny_onnx, tmp_path):
+    from clirun import infini
+
+    text = tmp_path / "doc.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 100)  # 4,500 tokens
+    args = ["stream", tiny_onnx[1], text, "--generate", 12, "--temperature", 0, "--no-progress"]
+    plain = infini(*args)
+    first = infini(*args, "--cache", tmp_path / "cache")
+    second = infini(*args, "--cache", tmp_path / "cache")
+    for result in (plain, first, second):
+        assert result.exit_code == 0, result.output
+    generated = plain.stdout
+    assert first.stdout == generated and second.stdout == generated
+    assert "cache: 0 tokens read" in first.stderr
+    assert "cache: 4,480 tokens read" in second.stderr  # all but the last partial segment
+    bad = infini(*args, "--cache", text)
+    assert bad.exit_code != 0 and "--cache" in bad.output

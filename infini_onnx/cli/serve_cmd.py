@@ -14,6 +14,7 @@ import click
 
 from infini_onnx.cli.common import FiniteFloatRange, one_line_errors
 from infini_onnx.errors import InfiniError, InputError
+from infini_onnx.runtime.store import DEFAULT_EVERY
 
 MIB = 1 << 20
 # A generation holds its stream until it ends or its client leaves: one request's share.
@@ -45,7 +46,12 @@ MAX_NEW_TOKENS_LIMIT = 1 << 20
     help="Ray cluster to deploy to (e.g. HEAD:6379 or auto); the command returns and "
     "the cluster keeps serving. Default: a local Ray, until Ctrl-C.",
 )
-@click.option("--name", default="infini", show_default=True, help="Ray Serve application name.")
+@click.option(
+    "--name",
+    default="infini",
+    show_default=True,
+    help="Ray Serve application name, and the model's name in /v1/models.",
+)
 @click.option(
     "--threads",
     type=click.IntRange(1, 1024),
@@ -86,20 +92,45 @@ MAX_NEW_TOKENS_LIMIT = 1 << 20
     type=click.IntRange(1, MAX_NEW_TOKENS_LIMIT),
     default=DEFAULT_MAX_NEW_TOKENS_LIMIT,
     show_default=True,
-    help="Most tokens one generate request may ask for (more is refused with 400).",
+    help="Most tokens one generate or completion request may ask for (more is refused with 400).",
+)
+@click.option(
+    "--cache-memory-mb",
+    type=click.IntRange(1, 1 << 30),
+    default=256,
+    show_default=True,
+    help="The state store's memory per replica (prefixes of /v1/completions), in MiB.",
+)
+@click.option(
+    "--cache-disk-mb",
+    type=click.IntRange(1, 1 << 30),
+    default=4096,
+    show_default=True,
+    help="The state store's directory (STATE_DIR/prefix-store, shared), in MiB.",
+)
+@click.option(
+    "--cache-every",
+    type=click.IntRange(1, 1 << 20),
+    default=DEFAULT_EVERY,
+    show_default=True,
+    help="Segments between the boundaries a long prompt keeps in the store.",
 )
 @one_line_errors
 def serve_command(model, replicas, host, port, state_dir, address, name, threads, replica_cpus,
-                  memory_budget_mb, idle_timeout, max_body_mb, max_new_tokens_limit):  # fmt: skip
+                  memory_budget_mb, idle_timeout, max_body_mb, max_new_tokens_limit,
+                  cache_memory_mb, cache_disk_mb, cache_every):  # fmt: skip
     """Serve streams of MODEL.onnx over HTTP on Ray Serve (docs/serving.md).
 
     \b
-    POST   /v1/streams                {}                        -> {"id"}
+    POST   /v1/streams                {} or {"fork": ID}        -> {"id"}
     POST   /v1/streams/ID/feed        {"text"} or {"ids"}       -> {"tokens_seen"}
     POST   /v1/streams/ID/generate    {"prompt", "max_new_tokens", "temperature", ...,
                                        "stream": true for server-sent events}
     GET    /v1/streams/ID             -> {"tokens_seen", ...}
     DELETE /v1/streams/ID             -> {}
+    POST   /v1/completions            OpenAI's: {"prompt", "max_tokens", "temperature",
+                                       "top_p", "stop", "stream"} -> {"choices": [...]}
+    GET    /v1/models
     GET    /healthz, /metrics
     """
     from infini_onnx.runtime import InfiniModel
@@ -130,12 +161,15 @@ def serve_command(model, replicas, host, port, state_dir, address, name, threads
     app = build_app(
         model_path, state_dir, replicas, threads=threads, replica_cpus=replica_cpus,
         budget_bytes=budget, idle_seconds=idle_timeout, max_body_bytes=int(max_body_mb * MIB),
-        max_new_tokens=max_new_tokens_limit, tokenizer_json=tokenizer,
+        max_new_tokens=max_new_tokens_limit, tokenizer_json=tokenizer, model_name=name,
+        cache={"ram_bytes": cache_memory_mb * MIB, "disk_bytes": cache_disk_mb * MIB,
+               "every": cache_every},
     )  # fmt: skip
     click.echo(f"deploying {replicas} replica(s) of {model_path.name} ...", err=True)
     serve.run(app, name=name, route_prefix="/", blocking=False)
     click.echo(
-        f"serving http://{host}:{port}/v1/streams ({replicas} replicas, states in {state_dir})",
+        f"serving http://{host}:{port}/v1 (streams, completions; {replicas} replicas, states "
+        f"in {state_dir})",
         err=True,
     )
     if address is not None:

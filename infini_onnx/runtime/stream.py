@@ -105,6 +105,7 @@ class Stream(_Streams):
             raise InputError(f"store must be a StateStore, got {type(store).__name__}")
         super().__init__(model, State.zeros(model.layout) if state is None else state)
         self._store = store
+        self._cached_tokens = 0
         if store is not None:
             if state is not None:
                 raise InputError("a stream with a store starts empty or from Stream.load")
@@ -131,6 +132,11 @@ class Stream(_Streams):
     @property
     def store(self) -> StateStore | None:
         return self._store
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens this stream's feeds read from its store instead of feeding them."""
+        return self._cached_tokens
 
     @property
     def logits(self) -> np.ndarray | None:
@@ -209,7 +215,7 @@ class Stream(_Streams):
         """An independent copy at the same point (its own copy of the window ring, the only
         tensors a call writes in place: State), with the same store."""
         fork = Stream(self._model, self._state.copy())
-        fork._store = self._store
+        fork._store, fork._cached_tokens = self._store, self._cached_tokens
         if self._store is not None:
             fork._history = self._history.copy()
         return fork
@@ -264,6 +270,7 @@ class Stream(_Streams):
             raise InputError("empty input: no tokens to feed")
         store.count_saved(saved) if saved else store.count_miss()
         self._state, self._history = state, history
+        self._cached_tokens += saved
         return np.concatenate(collected, axis=1) if all_logits else state.logits
 
     def _decoded(self, tokens: np.ndarray) -> None:

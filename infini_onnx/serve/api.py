@@ -49,8 +49,13 @@ def parse_json(raw: bytes) -> dict:
     return body
 
 
-def create_request(body: dict) -> None:
-    _only(body, ())
+def create_request(body: dict) -> str | None:
+    """The id of the stream to fork ({"fork": ID}), or None for a new empty stream."""
+    _only(body, ("fork",))
+    fork = body.get("fork")
+    if "fork" in body and not isinstance(fork, str):
+        raise InputError('"fork" must be a stream id')
+    return fork
 
 
 def feed_request(body: dict) -> FeedRequest:

@@ -30,7 +30,7 @@ class Metrics:
 
     def replica_report(self, stats: dict) -> None:
         """Keep a replica's figures: {"replica", "resident", "restores", "evictions",
-        "tokens_fed", "tokens_generated"}."""
+        "tokens_fed", "tokens_generated", "cache_hits", "cache_tokens_saved", "cache_bytes"}."""
         with self._lock:
             self.replicas[stats["replica"]] = {k: v for k, v in stats.items() if k != "replica"}
 
@@ -62,8 +62,12 @@ class Metrics:
                 ("evictions", "counter", "Resident streams a replica dropped (budget, idle)."),
                 ("tokens_fed", "counter", "Tokens a replica fed (prompts included)."),
                 ("tokens_generated", "counter", "Tokens a replica generated."),
+                ("cache_hits", "counter", "Prefixes a replica read from the state store."),
+                ("cache_tokens_saved", "counter", "Prompt tokens read from the store, not fed."),
+                ("cache_bytes", "gauge", "Bytes the state store's directory holds."),
             ):
-                metric = "infini_" + (name if name.startswith("tokens") else f"streams_{name}")
+                own = name.startswith(("tokens", "cache"))
+                metric = "infini_" + (name if own else f"streams_{name}")
                 metric += "_total" if kind == "counter" else ""
                 lines += [f"# HELP {metric} {what}", f"# TYPE {metric} {kind}"]
                 for replica, figures in sorted(self.replicas.items()):

@@ -13,6 +13,7 @@ Two deployments:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -30,10 +31,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from infini_onnx.errors import InfiniError, StreamNotFoundError
-from infini_onnx.serve import api
+from infini_onnx.serve import api, completions
 from infini_onnx.serve.metrics import Metrics
 from infini_onnx.serve.streams import StreamTable, check_stream_id, new_stream_id
 
+STORE_DIR = "prefix-store"  # the state store's directory, inside the state directory
+ROUTE_PREFIX_CHARS = 4096  # completions whose prompts begin alike go to one replica (its memory)
 ROUTER = RequestRouterConfig(
     request_router_class="ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
     request_router_kwargs={"num_fallback_replicas": 0},
@@ -54,12 +57,13 @@ class StreamWorker:
     generation never queues another stream's call."""
 
     def __init__(self, model_path: str, state_dir: str, threads: int, budget_bytes: int,
-                 idle_seconds: float):  # fmt: skip
-        from infini_onnx.runtime import InfiniModel
+                 idle_seconds: float, cache: dict):  # fmt: skip
+        from infini_onnx.runtime import InfiniModel, StateStore
 
         self.table = StreamTable(
             InfiniModel(model_path, threads=threads), state_dir, budget_bytes, idle_seconds
         )
+        self.store = StateStore(Path(state_dir) / STORE_DIR, **cache)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._locks = StreamLocks()
         self._threads = ThreadPoolExecutor(WORKER_MAX_ONGOING, thread_name_prefix="infini-stream")
@@ -67,6 +71,48 @@ class StreamWorker:
 
     async def create(self, stream_id: str) -> dict:
         return await self._run(stream_id, lambda stop: {"id": self.table.create(stream_id)})
+
+    async def fork(self, source_id: str, stream_id: str) -> dict:
+        """Called with the source's id (its replica, its lock) to make stream_id."""
+        return await self._run(
+            source_id, lambda stop: {"id": self.table.fork(source_id, stream_id)}
+        )
+
+    async def complete(self, request: completions.CompletionRequest) -> dict:
+        """A whole completion: {"text", "finish_reason", "usage"}."""
+
+        def work(stop: threading.Event) -> dict:
+            done = completions.complete(self.table.model, self.store, request, stop=stop)
+            return {"text": done.text, "finish_reason": done.finish_reason, "usage": done.usage()}
+
+        return {**await self._in_thread(work), "stats": self._stats()}
+
+    async def complete_events(self, request: completions.CompletionRequest):
+        """Yield {"text"} per piece, then {"ok": {"finish_reason", "usage"}}; or one {"error"}
+        (async generator). The client going away stops the generation."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def to_queue(piece: str | None) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        def work(stop: threading.Event) -> dict:
+            try:
+                done = completions.complete(self.table.model, self.store, request, to_queue, stop)
+            finally:
+                to_queue(None)
+            return {"finish_reason": done.finish_reason, "usage": done.usage()}
+
+        task = asyncio.ensure_future(self._in_thread(work))
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield {"text": piece}
+            answer = await task
+        finally:
+            if not task.done():
+                task.cancel()
+                await _outlast(task)
+        yield {**answer, "stats": self._stats()}
 
     async def feed(self, stream_id: str, request: api.FeedRequest) -> dict:
         def feed(stop: threading.Event) -> dict:
@@ -169,7 +215,14 @@ class StreamWorker:
             return {"error": message, "status": api.status_of(e)}
 
     def _stats(self) -> dict:
-        return {"replica": self.replica, **asdict(self.table.stats())}
+        cache = self.store.stats()
+        return {
+            "replica": self.replica,
+            **asdict(self.table.stats()),
+            "cache_hits": cache.hits,
+            "cache_tokens_saved": cache.tokens_saved,
+            "cache_bytes": cache.disk_bytes,
+        }
 
     async def _evict_idle(self) -> None:
         period = min(30.0, max(0.5, self.table.idle_seconds / 4))
@@ -218,10 +271,11 @@ class Ingress:
     """The HTTP API: routes, body checks and limits, metrics."""
 
     def __init__(self, worker: DeploymentHandle, max_body_bytes: int, max_new_tokens: int,
-                 tokenizer_json: str | None):  # fmt: skip
+                 tokenizer_json: str | None, model_name: str):  # fmt: skip
         from tokenizers import Tokenizer
 
         self.worker = worker
+        self.model_name = model_name
         self.max_body_bytes = max_body_bytes
         self.max_new_tokens = max_new_tokens
         self.tokenizer = Tokenizer.from_str(tokenizer_json) if tokenizer_json else None
@@ -251,6 +305,8 @@ class Ingress:
             ("GET", ("healthz",)): ("healthz", self._healthz),
             ("GET", ("metrics",)): ("metrics", self._metrics),
             ("POST", ("v1", "streams")): ("create", self._create),
+            ("POST", ("v1", "completions")): ("completions", self._completions),
+            ("GET", ("v1", "models")): ("models", self._models),
         }
         if (method, tuple(parts)) in table:
             return (*table[method, tuple(parts)], None)
@@ -295,9 +351,73 @@ class Ingress:
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def _create(self, request: Request, _) -> Response:
-        api.create_request(await self._body(request))
+        source = api.create_request(await self._body(request))
         stream_id = new_stream_id()
-        return JSONResponse(await self._call("create", stream_id), status_code=201)
+        if source is None:
+            return JSONResponse(await self._call("create", stream_id), status_code=201)
+        answer = await self._call("fork", check_stream_id(source), stream_id)
+        return JSONResponse(answer, status_code=201)
+
+    async def _models(self, request: Request, _) -> Response:
+        return JSONResponse(completions.models_object(self.model_name))
+
+    async def _completions(self, request: Request, _) -> Response:
+        body = await self._body(request)
+        req = completions.completion_request(body, self.model_name, self.max_new_tokens)
+        prompt = req.prompt[:ROUTE_PREFIX_CHARS]
+        key = hashlib.sha256(json.dumps(prompt).encode()).hexdigest()
+        cid = completions.completion_id()
+        if not req.stream:
+            handle = self.worker.options(session_id=key).complete
+            answer = await handle.remote(req)
+            self.metrics.replica_report(answer["stats"])
+            if "error" in answer:
+                raise _Answered(answer["error"], answer["status"])
+            done = answer["ok"]
+            return JSONResponse(completions.completion_object(
+                cid, self.model_name, done["text"], done["finish_reason"], done["usage"]
+            ))  # fmt: skip
+        started = time.perf_counter()
+        handle = self.worker.options(session_id=key, stream=True).complete_events
+        events = handle.remote(req).__aiter__()
+        first = await events.__anext__()
+        if "error" in first:
+            self.metrics.replica_report(first["stats"])
+            raise _Answered(first["error"], first["status"])
+        return StreamingResponse(
+            self._completion_events(first, events, req, cid, started),
+            media_type="text/event-stream",
+        )
+
+    async def _completion_events(self, item: dict, events, req, cid: str, started: float):
+        """OpenAI's server-sent events: `data: {chunk}` per piece of text, the last with its
+        finish_reason (and a usage chunk if asked), then `data: [DONE]`; an error is one
+        `data: {"error": {"message", "code"}}`."""
+        status, finished, name = 200, False, self.model_name
+        try:
+            while "text" in item:
+                chunk = completions.completion_object(cid, name, item["text"], None)
+                yield f"data: {json.dumps(chunk)}\n\n"
+                item = await events.__anext__()
+            self.metrics.replica_report(item["stats"])
+            if "error" in item:
+                status = item["status"]
+                error = {"error": {"message": item["error"], "code": status}}
+                yield f"data: {json.dumps(error)}\n\n"
+            else:
+                done = item["ok"]
+                last = completions.completion_object(cid, name, "", done["finish_reason"])
+                yield f"data: {json.dumps(last)}\n\n"
+                if req.include_usage:
+                    usage = {**completions.completion_object(cid, name, "", None),
+                             "choices": [], "usage": done["usage"]}  # fmt: skip
+                    yield f"data: {json.dumps(usage)}\n\n"
+            yield "data: [DONE]\n\n"
+            finished = True
+        finally:
+            if not finished:  # the client went away: stop the generation now
+                events.cancel()
+            self.metrics.observe("completions", status, time.perf_counter() - started)
 
     async def _info(self, request: Request, stream_id: str) -> Response:
         return JSONResponse(await self._call("info", stream_id))
@@ -405,12 +525,15 @@ def build_app(
     idle_seconds: float = 600.0,
     max_body_bytes: int = 8 << 20,
     tokenizer_json: str | None = None,
+    model_name: str = "infini",
+    cache: dict | None = None,
 ):
-    """The Ray Serve application: Ingress over `replicas` StreamWorkers."""
+    """The Ray Serve application: Ingress over `replicas` StreamWorkers. `cache`: the
+    StateStore's keywords (ram_bytes, disk_bytes, every)."""
     worker = StreamWorker.options(
         num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus}
     ).bind(str(Path(model_path).resolve()), str(Path(state_dir).resolve()), threads,
-           budget_bytes, idle_seconds)  # fmt: skip
+           budget_bytes, idle_seconds, cache or {})  # fmt: skip
     return Ingress.options(ray_actor_options={"num_cpus": 0}).bind(
-        worker, max_body_bytes, max_new_tokens, tokenizer_json
+        worker, max_body_bytes, max_new_tokens, tokenizer_json, model_name
     )

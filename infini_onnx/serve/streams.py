@@ -128,6 +128,24 @@ class StreamTable:
         self._hold(stream_id, entry)
         return stream_id
 
+    def fork(self, source_id: str, stream_id: str | None = None) -> str:
+        """A new stream (under a new id if not given) at the source's current state; the
+        source is unchanged. Returns the new id."""
+        stream_id = new_stream_id() if stream_id is None else check_stream_id(stream_id)
+        if self._journal_path(stream_id).exists():
+            raise InputError("a stream with this id exists")
+        entry, journal = self._get(source_id)
+        if journal.boundary:  # a copy of the boundary state: each journal names its own file
+            data = self._state_path(source_id, journal.boundary).read_bytes()
+            target = self._state_path(stream_id, journal.boundary)
+            with atomic_output(target, StateFileError) as tmp:
+                tmp.write_bytes(data)
+        copy = Resident(entry.stream.fork(), "", time.monotonic())
+        start = Journal("", journal.tokens_seen, journal.boundary, [])
+        self._record(stream_id, copy, start, copy.stream, None, journal.chunks)
+        self._hold(stream_id, copy)
+        return stream_id
+
     def feed(self, stream_id: str, text: str | None = None, ids: list[int] | None = None) -> Stream:
         """Feed text or token ids; returns the stream after them (tokens_seen, logits; do not
         feed it). All or nothing."""
