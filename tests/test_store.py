@@ -113,6 +113,61 @@ def test_keys_separate_models_and_call_structure(model, onnx_factory, tmp_path):
     assert_same(warm, cold(model, doc))
 
 
+def test_a_feed_keeps_the_boundaries_just_before_its_end_across_spans(model, tmp_path):
+    """every=4: a feed of 9 segments keeps 4, 8 (every 4th) and 9, 8, 7 (its last, and 1 and 2
+    before it, reaching back into the span before the last); a feed that diverges after 7
+    segments and 5 tokens then reads 7 segments from the store."""
+    N = model.config.segment_len
+    store = StateStore(tmp_path / "store", every=4)
+    doc = ids(model, 9 * N + 3)
+    Stream(model, store=store).feed(doc)
+    assert store.stats().stores == 4  # 4N, 7N, 8N, 9N
+    other = np.concatenate([doc[: 7 * N + 5], ids(model, 2 * N, seed=9)])
+    warm = Stream(model, store=store)
+    warm.feed(other)
+    assert warm.cached_tokens == 7 * N
+    assert_same(warm, cold(model, other))
+
+
+def test_keys_name_the_variant_and_the_device(model):
+    from types import SimpleNamespace
+
+    from infini_onnx.runtime import store as stored
+
+    base = dict(model_id="m", format_version=2, variant="fp32", device="cpu")
+    keys = {
+        stored.empty_key(SimpleNamespace(**{**base, **change}))
+        for change in ({}, {"variant": "int8"}, {"device": "cuda"}, {"format_version": 1},
+                       {"model_id": "n"})
+    }  # fmt: skip
+    assert len(keys) == 5
+    assert stored.empty_key(model) == Stream(model, store=StateStore())._history.key
+
+
+def test_an_entry_gone_meanwhile_is_a_miss_not_damage(model, tmp_path):
+    N = model.config.segment_len
+    doc = ids(model, 2 * N)
+    Stream(model, store=StateStore(tmp_path / "store", every=1)).feed(doc)
+    store = StateStore(tmp_path / "store", every=1)
+    for f in (tmp_path / "store").glob("*.state"):
+        f.unlink()  # evicted by another process between contains() and get()
+    stream = Stream(model, store=store)
+    stream.feed(doc)
+    assert store.stats().rejected == 0 and stream.cached_tokens == 0
+
+
+def test_hits_share_nothing_writable(model):
+    N = model.config.segment_len
+    store = StateStore(every=1)
+    doc = ids(model, 2 * N)
+    Stream(model, store=store).feed(doc)
+    logits = Stream(model, store=store).feed(doc)
+    logits[:] = 0  # the caller's own copy
+    assert_same(Stream(model, store=store), Stream(model, store=store))
+    again = Stream(model, store=store)
+    assert np.array_equal(again.feed(doc), cold(model, doc).logits)
+
+
 def test_memory_only_store_and_the_ram_budget(model):
     N = model.config.segment_len
     store = StateStore(every=1, ram_bytes=3 * 200_000)
@@ -131,6 +186,8 @@ def test_bad_arguments(model, tmp_path):
         Stream(model, store=str(tmp_path))
     with pytest.raises(InputError, match="rollback needs a stream with a state store"):
         Stream(model).rollback(0)
+    with pytest.raises(InputError, match="all_logits is for a stream without a store"):
+        Stream(model, store=StateStore()).feed([1, 2], all_logits=True)
 
 
 # --- faults -------------------------------------------------------------------------------------
@@ -311,7 +368,7 @@ def test_rollback_refuses_what_it_cannot_reach_and_changes_nothing(model, tmp_pa
     assert stream.tokens_seen == 2 * N
     before = host(stream)
     with pytest.raises(
-        InputError, match=f"roll back to token {2 * N - 1}: .* {N} is gone .*evicted"
+        InputError, match=f"roll back to token {2 * N - 1}: .* {N} is not in the store .evicted"
     ):
         stream.rollback(1)
     assert all(before[k].tobytes() == v.tobytes() for k, v in host(stream).items())

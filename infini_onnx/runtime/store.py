@@ -42,20 +42,30 @@ except ImportError:  # pragma: no cover - Windows
 
 DEFAULT_EVERY = 256  # segments between the boundaries a long feed stores
 TRAIL_IDS, TRAIL_LENGTHS = "trail_ids", "trail_lengths"  # an entry's calls since its parent
+MAX_TRAIL_TOKENS = 1 << 22  # the calls an entry file holds at most (longer: memory only)
+_DIRECTORY_LOCKS: dict[Path, threading.Lock] = {}  # flock excludes processes; this, threads
+_DIRECTORY_LOCKS_GUARD = threading.Lock()
 
 
 class StoreWarning(UserWarning):
     """A store entry was ignored (corrupt, truncated, of another model) and removed."""
 
 
-def empty_key(model_id: str, graph_format: int) -> bytes:
-    """The key of an empty stream of a model and graph format."""
-    return hashlib.sha256(f"infini-empty\0{model_id}\0{graph_format}".encode()).digest()
+def _graph(model) -> str:
+    """What makes the bits of a state besides its calls: the model, its graph format, the
+    variant (weights and cache dtype; model_id is the same for all variants) and the device
+    (other kernels)."""
+    return f"{model.model_id}\0{model.format_version}\0{model.variant}\0{model.device}"
 
 
-def state_key(model_id: str, graph_format: int, host: dict[str, np.ndarray]) -> bytes:
+def empty_key(model) -> bytes:
+    """The key of an empty stream of a model (an InfiniModel)."""
+    return hashlib.sha256(f"infini-empty\0{_graph(model)}".encode()).digest()
+
+
+def state_key(model, host: dict[str, np.ndarray]) -> bytes:
     """The key of a stream that starts from a given state (a loaded state file)."""
-    h = hashlib.sha256(f"infini-state\0{model_id}\0{graph_format}".encode())
+    h = hashlib.sha256(f"infini-state\0{_graph(model)}".encode())
     for name in sorted(host):
         h.update(name.encode() + b"\0" + np.ascontiguousarray(host[name]).tobytes())
     return h.digest()
@@ -138,7 +148,8 @@ class StateStore:
 
     def get(self, key: bytes, model) -> Entry | None:
         """The entry under key, checked against `model` (an InfiniModel); None if there is
-        none or it fails a check (then it is removed, counted and warned about)."""
+        none or it fails a check (then it is removed, counted and warned about). Its arrays
+        are shared and read-only."""
         with self._lock:
             entry = self._ram.get(key)
             if entry is not None:
@@ -149,11 +160,13 @@ class StateStore:
             return None
         path = self._path(key)
         try:
+            seen = os.stat(path)
+        except OSError:
+            return None  # not there (never, or evicted meanwhile): a miss
+        try:
             entry = self._read(path, key, model)
-        except FileNotFoundError:
-            return None
         except StateFileError as e:
-            self._reject(path, e)
+            self._reject(path, seen, e)
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # most recently used
@@ -163,10 +176,11 @@ class StateStore:
 
     def put(self, key: bytes, entry: Entry, model) -> None:
         """Keep entry under key in memory and, with a directory, on disk (if it fits the disk
-        budget at all; the least recently used files go first)."""
+        budget at all; the least recently used files go first). A failed write is a warning:
+        the entry stays in memory."""
         self._remember(key, entry)
         self._count(stores=1)
-        if self.directory is None:
+        if self.directory is None or calls_tokens(entry.calls) > MAX_TRAIL_TOKENS:
             return
         path = self._path(key)
         tensors = dict(entry.host)
@@ -184,15 +198,18 @@ class StateStore:
         data = statefile.safetensors_bytes(tensors, metadata)
         if len(data) > self.disk_budget:
             return
-        with self._disk() as used:
-            if path.exists():
-                return
-            for old in self._least_recent(used, len(data)):
-                with contextlib.suppress(OSError):
-                    old.unlink()
-                self._count(evictions=1)
-            with atomic_output(path, error=StateFileError) as tmp:
-                tmp.write_bytes(data)
+        try:
+            with self._disk() as used:
+                if path.exists():
+                    return
+                for old in self._least_recent(used, len(data)):
+                    with contextlib.suppress(OSError):
+                        old.unlink()
+                    self._count(evictions=1)
+                with atomic_output(path, error=StateFileError) as tmp:
+                    tmp.write_bytes(data)
+        except (StateFileError, OSError) as e:
+            warnings.warn(f"state store: not written: {e}", StoreWarning, stacklevel=3)
 
     def count_saved(self, tokens: int) -> None:
         self._count(tokens_saved=tokens)
@@ -210,6 +227,8 @@ class StateStore:
     # --- memory tier -----------------------------------------------------------------------
 
     def _remember(self, key: bytes, entry: Entry) -> None:
+        for array in (*entry.host.values(), *entry.calls):
+            array.setflags(write=False)  # shared by every hit
         if entry.nbytes > self.ram_budget:
             return
         with self._lock:
@@ -254,22 +273,27 @@ class StateStore:
 
     @contextlib.contextmanager
     def _disk(self) -> Iterator[int]:
-        """Hold the directory's lock; yields the bytes its entries take. Every writer holds the
-        lock while it writes, so a temporary seen here was left by a killed writer: removed."""
-        with open(self.directory / ".lock", "a+b") as lock:
+        """Hold the directory's lock (its flock against other processes, a process-wide lock
+        against other threads: on NFS, flock is a POSIX lock, shared by a process's threads);
+        yields the bytes its entries take. Every writer holds the lock while it writes, so a
+        temporary seen here was left by a killed writer: removed."""
+        with _DIRECTORY_LOCKS_GUARD:
+            lock = _DIRECTORY_LOCKS.setdefault(self.directory.resolve(), threading.Lock())
+        with lock, open(self.directory / ".lock", "a+b") as lockfile:
             if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+                fcntl.flock(lockfile, fcntl.LOCK_EX)
             for leftover in self.directory.glob("*.tmp"):
                 shutil.rmtree(leftover, ignore_errors=True)
             yield sum(size for _, _, size in self._files())
 
     def _read(self, path: Path, key: bytes, model) -> Entry:
         """The entry file at path, every check passed; StateFileError otherwise."""
-        layout = model.layout
-        limit = layout.max_file_bytes() + 16 * self.every * model.config.segment_len + 4096
+        limit = model.layout.max_file_bytes() + 16 * MAX_TRAIL_TOKENS + (1 << 16)
         tensors, metadata = statefile.read_state(path, model.model_id, model.format_version, limit)
         if metadata.get("key") != key.hex():
             raise StateFileError(f"{path}: an entry of another key")
+        if metadata.get("variant") != model.variant:
+            raise StateFileError(f"{path}: an entry of the {metadata.get('variant')} variant")
         try:
             ids, lengths = tensors.pop(TRAIL_IDS), tensors.pop(TRAIL_LENGTHS)
             parent = bytes.fromhex(metadata["parent"]) if metadata["parent"] else None
@@ -281,12 +305,17 @@ class StateStore:
         check_state(model, tensors, path)
         return Entry(tensors, parent, calls)
 
-    def _reject(self, path: Path, error: Exception) -> None:
+    def _reject(self, path: Path, seen: os.stat_result, error: Exception) -> None:
+        """Warn, count, and remove the file that failed, unless another writer has replaced
+        it meanwhile."""
         warnings.warn(f"state store: ignored {error}", StoreWarning, stacklevel=3)
         self._count(rejected=1)
-        if self.directory is not None:
-            with self._disk():
-                path.unlink(missing_ok=True)
+        with self._disk(), contextlib.suppress(OSError):
+            now = os.stat(path)
+            if (now.st_ino, now.st_size, now.st_mtime_ns) == (
+                seen.st_ino, seen.st_size, seen.st_mtime_ns
+            ):  # fmt: skip
+                path.unlink()
 
 
 def check_state(model, host: dict[str, np.ndarray], where: object) -> None:

@@ -240,38 +240,38 @@ class Stream(_Streams):
     def _ingest(self, chunks, all_logits: bool) -> np.ndarray:
         if self._store is None:
             return super()._ingest(chunks, all_logits)
-        return self._ingest_stored(chunks, all_logits)
+        if all_logits:  # such calls compute other logits: their states are no cold run's
+            raise InputError("all_logits is for a stream without a store (Stream(model))")
+        return self._ingest_stored(chunks)
 
-    def _ingest_stored(self, chunks, all_logits: bool) -> np.ndarray:
+    def _ingest_stored(self, chunks) -> np.ndarray:
         """_ingest through the store: in each span of `every` segments, jump to the longest
-        boundary the store holds (unless every token's logits are asked for), feed the rest and
-        keep the boundaries of the policy (StateStore). All or nothing, as _ingest."""
+        boundary the store holds, feed the rest and keep the boundaries of the policy
+        (_kept_boundaries). All or nothing, as _ingest."""
         store, N = self._store, self._model.config.segment_len
         state, history = self._state.copy(), self._history.copy()
-        collected, fed, saved = [], False, 0
+        fed, saved, span = False, 0, store.every * N
         pieces = _segment_pieces(chunks, N - state.cached, N)
-        for window, last in _windows(pieces, self.tokens_seen, store.every * N):
+        for window, end in _windows(pieces, self.tokens_seen, span):
             fed = True
-            skip, loaded = (0, None) if all_logits else history.jump(self._model, store, window)
+            skip, loaded = history.jump(self._model, store, window)
             if loaded is not None:
                 state = loaded
                 saved += sum(p.shape[1] for p in window[:skip])
-            end = int(state.tokens_seen[0]) + sum(p.shape[1] for p in window[skip:])
-            keep = _kept_boundaries(end, N, store.every, int(state.tokens_seen[0])) if last else ()
+            seen = int(state.tokens_seen[0])
+            keep = () if end is None else _kept_boundaries(end, N, store.every, seen)
             for piece in window[skip:]:
-                logits, state = self._model.step(state, piece, piece.shape[1] if all_logits else 1)
-                if all_logits:
-                    collected.append(logits)
+                _, state = self._model.step(state, piece, 1)
                 history.called(piece[0])
                 seen = int(state.tokens_seen[0])
-                if state.cached == 0 and (seen % (store.every * N) == 0 or seen in keep):
+                if state.cached == 0 and (seen % span == 0 or seen in keep):
                     history.keep(self._model, store, state)
         if not fed:
             raise InputError("empty input: no tokens to feed")
         store.count_saved(saved) if saved else store.count_miss()
         self._state, self._history = state, history
         self._cached_tokens += saved
-        return np.concatenate(collected, axis=1) if all_logits else state.logits
+        return state.logits
 
     def _decoded(self, tokens: np.ndarray) -> None:
         if self._store is None:
@@ -360,17 +360,16 @@ class _History:
 
     @classmethod
     def empty(cls, model: InfiniModel) -> _History:
-        key = stored.empty_key(model.model_id, model.format_version)
+        key = stored.empty_key(model)
         return cls(key, key, 0, [], key)
 
     @classmethod
     def start(cls, model: InfiniModel, store: StateStore, host: dict) -> _History:
         """The history of a stream resumed from a state file: that state is its start, kept in
         the store (without a parent) so that rollback can return to it."""
-        key = stored.state_key(model.model_id, model.format_version, host)
+        key = stored.state_key(model, host)
         store.put(key, Entry({k: np.array(v) for k, v in host.items()}, None, []), model)
-        empty = stored.empty_key(model.model_id, model.format_version)
-        return cls(key, key, int(host["tokens_seen"][0]), [], empty)
+        return cls(key, key, int(host["tokens_seen"][0]), [], stored.empty_key(model))
 
     def copy(self) -> _History:
         return _History(self.key, self.anchor, self.anchor_seen, list(self.trail), self.empty)
@@ -402,7 +401,7 @@ class _History:
                 entry = store.get(key, model)
                 if entry is not None:
                     self.key, self.anchor, self.anchor_seen, self.trail = key, key, seen, []
-                    return i + 1, State.from_host(model.layout, entry.host)
+                    return i + 1, _state_of(model, entry)
         return 0, None
 
     def rewound(self, model: InfiniModel, store: StateStore, target: int):
@@ -413,7 +412,7 @@ class _History:
         while anchor_seen > target:
             entry = store.get(anchor, model)
             if entry is None or entry.parent is None:
-                where = "the stream's start" if entry is not None else "the store (evicted)"
+                where = "it is the stream's start" if entry is not None else _NOT_STORED
                 raise InputError(
                     f"cannot roll back to token {target:,}: the boundary at token "
                     f"{anchor_seen:,} leads back no further ({where})"
@@ -427,9 +426,9 @@ class _History:
             if entry is None:
                 raise InputError(
                     f"cannot roll back to token {target:,}: the boundary at token "
-                    f"{anchor_seen:,} is gone from the store (evicted)"
+                    f"{anchor_seen:,} is not in the store ({_NOT_STORED})"
                 )
-            state = State.from_host(model.layout, entry.host)
+            state = _state_of(model, entry)
         replay, at = [], anchor_seen
         for call in calls:
             if at >= target:
@@ -442,23 +441,43 @@ class _History:
         return history, state
 
 
+_NOT_STORED = "evicted, or larger than the store's budgets"
+
+
+def _state_of(model: InfiniModel, entry: Entry) -> State:
+    """A store entry's state, with logits of its own (the entry's are shared, read-only)."""
+    host = dict(entry.host)
+    if "logits" in host:
+        host["logits"] = host["logits"].copy()
+    return State.from_host(model.layout, host)
+
+
 def _windows(pieces: Iterable[np.ndarray], seen: int, span: int):
     """Group the pieces into windows that end where the stream passes a multiple of `span`
-    tokens; yields (window, is_last). Holds at most one window."""
+    tokens; yields (window, end), end being the position where the input ends once it is
+    known: for the last two windows (the keep policy reaches back into the one before the
+    last), None before. Holds at most three windows."""
+    windows: list[list[np.ndarray]] = []
     window: list[np.ndarray] = []
     for piece in pieces:
         if window and seen % span == 0:
-            yield window, False
+            windows.append(window)
             window = []
+            if len(windows) == 3:
+                yield windows.pop(0), None
         window.append(piece)
         seen += piece.shape[1]
     if window:
-        yield window, True
+        windows.append(window)
+    for w in windows[:-2]:
+        yield w, None
+    for w in windows[-2:]:
+        yield w, seen
 
 
 def _kept_boundaries(end: int, segment_len: int, every: int, after: int) -> set[int]:
     """The boundaries a feed ending at token `end` keeps besides every `every`-th: the last one
-    and those 1, 2, 4, 8... segments before it, down to token `after` (exclusive)."""
+    and those 1, 2, 4, 8... segments before it (fewer than `every`), after token `after`."""
     last = end // segment_len * segment_len
     out, back = {last}, 1
     while back < every:
@@ -511,6 +530,9 @@ def _segment_pieces(chunks: Iterable[np.ndarray], room: int, segment_len: int):
     pending: list[np.ndarray] = []
     held = 0
     for chunk in chunks:
+        while not held and chunk.shape[1] >= room:  # a whole piece of one chunk: no copy
+            yield np.ascontiguousarray(chunk[:, :room])
+            chunk, room = chunk[:, room:], segment_len
         while chunk.shape[1]:
             take = chunk[:, : room - held]
             chunk = chunk[:, take.shape[1] :]

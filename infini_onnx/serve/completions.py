@@ -135,31 +135,32 @@ def complete(
     if isinstance(request.prompt, str):
         ids = textio.encode(model.tokenizer, request.prompt)
     else:
-        ids = np.asarray(request.prompt, np.int64)
+        vocab = model.config.vocab_size
+        if not all(0 <= t < vocab for t in request.prompt):
+            raise InputError(f'"prompt" holds a token id outside the vocabulary [0, {vocab})')
+        ids = np.array(request.prompt, np.int64)
     stream = Stream(model, store=store)
     stream.feed(ids if ids.size else [model.config.bos_token_id])
     decoder = textio.TextDecoder(model.tokenizer) if model.tokenizer is not None else None
     text, sent, generated, reason = "", 0, 0, "length"
     held = max((len(s) for s in request.stops), default=1) - 1  # chars that may begin a stop
-    tokens = stream.generate([], request.max_tokens, sampling=request.sampling)
-    for token in tokens:
+    for token in stream.generate([], request.max_tokens, sampling=request.sampling):
         generated += 1
         if token == model.config.eos_token_id:
             reason = "stop"
             break
         text += decoder.push(token) if decoder is not None else ""
-        cut = min((i for s in request.stops if (i := text.find(s)) >= 0), default=-1)
-        if cut >= 0:
-            text, reason = text[:cut], "stop"
+        if _cut_at_stop(text, request.stops) is not None:
             break
         if on_text is not None and len(text) - held > sent:
             on_text(text[sent : len(text) - held])
             sent = len(text) - held
         if stop is not None and stop.is_set():
             break
-    else:
-        if decoder is not None:
-            text += decoder.flush()
+    if decoder is not None:
+        text += decoder.flush()
+    if (cut := _cut_at_stop(text, request.stops)) is not None:
+        text, reason = text[:cut], "stop"
     if on_text is not None and len(text) > sent:
         on_text(text[sent:])
     prompt_tokens = max(int(ids.size), 1)
@@ -189,6 +190,11 @@ def models_object(model_name: str) -> dict:
         "object": "list",
         "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "infini-onnx"}],
     }
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the first stop string begins in text, or None."""
+    return min((i for s in stops if (i := text.find(s)) >= 0), default=None)
 
 
 def _is_int(value: object) -> bool:

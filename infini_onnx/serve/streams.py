@@ -143,8 +143,7 @@ class StreamTable:
         copy = Resident(entry.stream.fork(), "", time.monotonic())
         start = Journal("", journal.tokens_seen, journal.boundary, [])
         self._record(stream_id, copy, start, copy.stream, None, journal.chunks)
-        self._hold(stream_id, copy)
-        return stream_id
+        return stream_id  # not held here: its replica (by its id) restores it from the files
 
     def feed(self, stream_id: str, text: str | None = None, ids: list[int] | None = None) -> Stream:
         """Feed text or token ids; returns the stream after them (tokens_seen, logits; do not
