@@ -14,7 +14,6 @@ import click
 
 from infini_onnx.cli.common import FiniteFloatRange, one_line_errors
 from infini_onnx.errors import InfiniError, InputError
-from infini_onnx.runtime.store import DEFAULT_EVERY
 
 MIB = 1 << 20
 # A generation holds its stream until it ends or its client leaves: one request's share.
@@ -111,9 +110,9 @@ MAX_NEW_TOKENS_LIMIT = 1 << 20
 @click.option(
     "--cache-every",
     type=click.IntRange(1, 1 << 20),
-    default=DEFAULT_EVERY,
-    show_default=True,
-    help="Segments between the boundaries a long prompt keeps in the store.",
+    default=None,
+    help="Segments between the boundaries a long prompt keeps in the store (default: the "
+    "runtime's StateStore default, 256).",
 )
 @one_line_errors
 def serve_command(model, replicas, host, port, state_dir, address, name, threads, replica_cpus,
@@ -163,7 +162,7 @@ def serve_command(model, replicas, host, port, state_dir, address, name, threads
         budget_bytes=budget, idle_seconds=idle_timeout, max_body_bytes=int(max_body_mb * MIB),
         max_new_tokens=max_new_tokens_limit, tokenizer_json=tokenizer, model_name=name,
         cache={"ram_bytes": cache_memory_mb * MIB, "disk_bytes": cache_disk_mb * MIB,
-               "every": cache_every},
+               **({"every": cache_every} if cache_every else {})},
     )  # fmt: skip
     click.echo(f"deploying {replicas} replica(s) of {model_path.name} ...", err=True)
     serve.run(app, name=name, route_prefix="/", blocking=False)
