@@ -9,8 +9,11 @@ Measures, on one thread:
 2. through the server (one replica, the store in its state directory): the total time of the
    QUESTIONS requests, the first of which reads the document.
 
-Prints both, their ratio (the target is at most 1.2), and checks every answer against the
-cold one. Loopback only; starts and stops its own server.
+1 is measured before and again after 2 (a shared machine drifts by 10% and more between
+minutes); the ratio of 2 to the mean of 1 is the figure (the target is at most 1.2), and the
+ratio to the server's own first request (the ingest through the same path) is printed beside
+it. Every answer is checked against the cold one. Loopback only; starts and stops its own
+server.
 
     python benchmarks/prefix_cache.py MODEL.onnx [--tokens 1000000] [--questions 100]
 """
@@ -89,12 +92,32 @@ def main() -> int:
     ingest, own, want = cold_answers(args.model, doc, questions)
     print(f"runtime, no store: ingest of {len(doc):,} tokens {ingest:.1f} s, the "
           f"{len(questions)} questions' own time {own:.1f} s", flush=True)  # fmt: skip
+    total, first, wrong, cached, median = serve_questions(args.model, doc, questions, want)
+    after, own_after, _ = cold_answers(args.model, doc, questions)
+    print(f"runtime again, after the server: ingest {after:.1f} s, the questions' own time "
+          f"{own_after:.1f} s", flush=True)  # fmt: skip
+    print(
+        f"server: {len(questions)} requests in {total:.1f} s (the first {first:.1f} s, then "
+        f"median {median * 1e3:.0f} ms); {cached:,} prompt tokens read from the store"
+    )
+    baseline = (ingest + after) / 2 + (own + own_after) / 2
+    ratio = total / baseline
+    print(f"ratio: {ratio:.3f} of one ingest plus the questions' own time in the runtime "
+          f"(mean of before and after; target <= 1.2); {total / (first + own):.3f} of the "
+          f"server's first request plus the questions' own time")  # fmt: skip
+    print(f"answers equal to the cold run's: {len(questions) - wrong} of {len(questions)}")
+    return 0 if wrong == 0 and ratio <= 1.2 else 1
+
+
+def serve_questions(model: str, doc: str, questions: list[str], want: list[str]):
+    """(total s, first request s, wrong answers, prompt tokens from the store, median s of the
+    others) of the questions sent to a new `infini serve`."""
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     state_dir = tempfile.mkdtemp(prefix="infini-prefix-")
-    cmd = [sys.executable, "-c", "from infini_onnx.cli import main; main()", "serve", args.model,
+    cmd = [sys.executable, "-c", "from infini_onnx.cli import main; main()", "serve", model,
            "--replicas", "1", "--threads", "1", "--port", str(port), "--state-dir", state_dir,
            "--max-body-mb", str(4 * len(doc) / 2**20 + 1)]  # fmt: skip
     log = open(Path(state_dir) / "serve.log", "w")  # noqa: SIM115
@@ -103,8 +126,7 @@ def main() -> int:
         started = time.monotonic()
         while "Ctrl-C" not in Path(log.name).read_text():
             if server.poll() is not None or time.monotonic() - started > 300:
-                print(Path(log.name).read_text(), file=sys.stderr)
-                return 1
+                sys.exit(Path(log.name).read_text())
             time.sleep(1)
         wrong, cached, times = 0, 0, []
         for q, expected in zip(questions, want):
@@ -113,20 +135,14 @@ def main() -> int:
             times.append(time.perf_counter() - t0)
             wrong += answer["choices"][0]["text"] != expected
             cached += answer["usage"]["prompt_tokens_details"]["cached_tokens"]
-        total = sum(times)
     finally:
         server.send_signal(signal.SIGINT)
         try:
             server.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-    print(f"server: {len(questions)} requests in {total:.1f} s (the first {times[0]:.1f} s, "
-          f"then median {sorted(times[1:] or [0])[len(times[1:]) // 2] * 1e3:.0f} ms); "
-          f"{cached:,} prompt tokens read from the store")  # fmt: skip
-    ratio = total / (ingest + own)
-    print(f"ratio: {ratio:.3f} of one ingest plus the questions' own time (target <= 1.2)")
-    print(f"answers equal to the cold run's: {len(questions) - wrong} of {len(questions)}")
-    return 0 if wrong == 0 and ratio <= 1.2 else 1
+    rest = sorted(times[1:]) or [0.0]
+    return sum(times), times[0], wrong, cached, rest[len(rest) // 2]
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from infini_onnx.runtime.textio import read_text_file
 
 MODEL, RESET, WINDOW = "model", "memory reset", "window only"
 MARGIN_BUCKET = "10K+"
+PLOT_COLUMNS = 3  # panels in a row of the plot
 Log = Callable[[str], None]
 
 
@@ -222,11 +223,16 @@ def pyplot(out: str):
 
 
 def plot(result: dict[str, Any], out: str) -> None:
-    """Bits per byte against position (log scale), one panel per text, one line per run."""
+    """Bits per byte against position (log scale), one panel per text (at most PLOT_COLUMNS to a
+    row), one line per run."""
     plt = pyplot(out)
     texts = result["texts"]
-    fig, axes = plt.subplots(1, len(texts), figsize=(4 * len(texts), 3.4), squeeze=False)
-    for ax, text in zip(axes[0], texts):
+    columns = min(len(texts), PLOT_COLUMNS)
+    rows = -(-len(texts) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(texts) :]:
+        ax.set_visible(False)
+    for ax, text in zip(axes.flat, texts):
         for label, run in text["runs"].items():
             ends, bits = zip(*run["curve"])
             ax.plot(ends, bits, label=label, marker=".", linewidth=1)
@@ -234,8 +240,9 @@ def plot(result: dict[str, Any], out: str) -> None:
         ax.set_title(Path(text["path"]).name, fontsize=9)
         ax.set_xlabel("position in the stream (bytes)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("bits per byte")
-    axes[0][-1].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("bits per byte")
+    axes.flat[len(texts) - 1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110, format=Path(out).suffix.lstrip(".").lower())
     plt.close(fig)

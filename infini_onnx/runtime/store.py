@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover - Windows
 DEFAULT_EVERY = 256  # segments between the boundaries a long feed stores
 TRAIL_IDS, TRAIL_LENGTHS = "trail_ids", "trail_lengths"  # an entry's calls since its parent
 MAX_TRAIL_TOKENS = 1 << 22  # the calls an entry file holds at most (longer: memory only)
+MAX_TRACES = 4  # the recent feeds whose boundaries are found without hashing
 _DIRECTORY_LOCKS: dict[Path, threading.Lock] = {}  # flock excludes processes; this, threads
 _DIRECTORY_LOCKS_GUARD = threading.Lock()
 
@@ -93,6 +94,17 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Trace:
+    """A feed of one array: where it started, its ids, and the boundaries it passed. A later
+    feed from the same key with the same first ids passes the same boundaries with the same
+    keys (the same calls), so they are found by comparing ids, not by hashing every call."""
+
+    start: bytes  # the key the feed started from
+    tokens: np.ndarray  # [t] the ids fed (a read-only copy)
+    boundaries: list[tuple[int, bytes]]  # (offset in tokens, key), increasing
+
+
+@dataclass(frozen=True)
 class StoreStats:
     hits: int  # lookups answered (memory or disk)
     misses: int  # lookups of a feed that found no stored prefix
@@ -129,6 +141,7 @@ class StateStore:
         self._lock = threading.Lock()  # the memory tier and the counters
         self._counts = dict.fromkeys(("hits", "misses", "stores", "evictions", "rejected"), 0)
         self._counts["tokens_saved"] = 0
+        self._traces: list[Trace] = []  # the most recent last
         if self.directory is not None:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
@@ -210,6 +223,27 @@ class StateStore:
                     tmp.write_bytes(data)
         except (StateFileError, OSError) as e:
             warnings.warn(f"state store: not written: {e}", StoreWarning, stacklevel=3)
+
+    def trace(self, trace: Trace) -> None:
+        """Remember a feed's boundaries (the last MAX_TRACES feeds)."""
+        trace.tokens.setflags(write=False)
+        with self._lock:
+            self._traces = [*self._traces, trace][-MAX_TRACES:]
+
+    def traced(self, start: bytes, tokens: np.ndarray) -> list[tuple[int, bytes]]:
+        """The boundaries (offset, key) that a feed of `tokens` from key `start` shares with
+        the recent feed that shares most of its ids; [] if none."""
+        with self._lock:
+            traces = [t for t in self._traces if t.start == start]
+        best: list[tuple[int, bytes]] = []
+        for t in traces:
+            n = min(len(t.tokens), len(tokens))
+            differ = np.flatnonzero(t.tokens[:n] != tokens[:n])
+            same = int(differ[0]) if differ.size else n
+            shared = [(offset, key) for offset, key in t.boundaries if offset <= same]
+            if shared and (not best or shared[-1][0] > best[-1][0]):
+                best = shared
+        return best
 
     def count_saved(self, tokens: int) -> None:
         self._count(tokens_saved=tokens)

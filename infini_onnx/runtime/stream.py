@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -245,29 +246,50 @@ class Stream(_Streams):
         return self._ingest_stored(chunks)
 
     def _ingest_stored(self, chunks) -> np.ndarray:
-        """_ingest through the store: in each span of `every` segments, jump to the longest
-        boundary the store holds, feed the rest and keep the boundaries of the policy
-        (_kept_boundaries). All or nothing, as _ingest."""
+        """_ingest through the store: jump to the longest boundary the store holds (found by
+        comparing ids with a recent feed of one array, else in each span of `every` segments),
+        feed the rest and keep the boundaries of the policy (_kept_boundaries). All or nothing,
+        as _ingest."""
         store, N = self._store, self._model.config.segment_len
         state, history = self._state.copy(), self._history.copy()
+        start_key, start_seen = history.key, self.tokens_seen
+        chunks, whole = _whole(chunks)
         fed, saved, span = False, 0, store.every * N
+        passed: list[tuple[int, bytes]] = []  # (tokens_seen, key) of the boundaries passed
+        if whole is not None:
+            shared = store.traced(start_key, whole[0])
+            for i in reversed(range(len(shared))):
+                entry = store.get(shared[i][1], self._model)
+                if entry is not None:
+                    saved, key = shared[i]
+                    state = _state_of(self._model, entry)
+                    history.moved(key, start_seen + saved)
+                    passed = [(start_seen + offset, k) for offset, k in shared[: i + 1]]
+                    chunks, fed = [whole[:, saved:]], True
+                    break
         pieces = _segment_pieces(chunks, N - state.cached, N)
-        for window, end in _windows(pieces, self.tokens_seen, span):
+        for window, end in _windows(pieces, int(state.tokens_seen[0]), span):
             fed = True
-            skip, loaded = history.jump(self._model, store, window)
+            skip, loaded, skipped = history.jump(self._model, store, window)
             if loaded is not None:
                 state = loaded
                 saved += sum(p.shape[1] for p in window[:skip])
+                passed += skipped
             seen = int(state.tokens_seen[0])
             keep = () if end is None else _kept_boundaries(end, N, store.every, seen)
             for piece in window[skip:]:
                 _, state = self._model.step(state, piece, 1)
                 history.called(piece[0])
                 seen = int(state.tokens_seen[0])
-                if state.cached == 0 and (seen % span == 0 or seen in keep):
-                    history.keep(self._model, store, state)
+                if state.cached == 0:
+                    passed.append((seen, history.key))
+                    if seen % span == 0 or seen in keep:
+                        history.keep(self._model, store, state)
         if not fed:
             raise InputError("empty input: no tokens to feed")
+        if whole is not None:
+            offsets = [(seen - start_seen, key) for seen, key in passed]
+            store.trace(stored.Trace(start_key, np.array(whole[0]), offsets))
         store.count_saved(saved) if saved else store.count_miss()
         self._state, self._history = state, history
         self._cached_tokens += saved
@@ -388,21 +410,27 @@ class _History:
         self.anchor, self.anchor_seen, self.trail = self.key, int(state.tokens_seen[0]), []
 
     def jump(self, model: InfiniModel, store: StateStore, window: list[np.ndarray]):
-        """(pieces of window to skip, the state after them) for the longest of the window's
-        boundaries that the store holds; (0, None) if none."""
+        """(pieces of window to skip, the state after them, the boundaries (tokens_seen, key)
+        they pass) for the longest of the window's boundaries that the store holds; (0, None,
+        []) if none."""
         N = model.config.segment_len
         keys, key, seen = [], self.key, self.anchor_seen + stored.calls_tokens(self.trail)
         for piece in window:
             key, seen = stored.extend(key, piece[0]), seen + piece.shape[1]
-            keys.append((key, seen))
+            keys.append((seen, key))
         for i in reversed(range(len(window))):
-            key, seen = keys[i]
+            seen, key = keys[i]
             if seen % N == 0 and store.contains(key):
                 entry = store.get(key, model)
                 if entry is not None:
-                    self.key, self.anchor, self.anchor_seen, self.trail = key, key, seen, []
-                    return i + 1, _state_of(model, entry)
-        return 0, None
+                    self.moved(key, seen)
+                    skipped = [(n, k) for n, k in keys[: i + 1] if n % N == 0]
+                    return i + 1, _state_of(model, entry), skipped
+        return 0, None, []
+
+    def moved(self, key: bytes, seen: int) -> None:
+        """To the stored boundary `key` at token `seen` (read from the store)."""
+        self.key, self.anchor, self.anchor_seen, self.trail = key, key, seen, []
 
     def rewound(self, model: InfiniModel, store: StateStore, target: int):
         """(the history at token `target`, the state of its anchor): walks back along the
@@ -450,6 +478,15 @@ def _state_of(model: InfiniModel, entry: Entry) -> State:
     if "logits" in host:
         host["logits"] = host["logits"].copy()
     return State.from_host(model.layout, host)
+
+
+def _whole(chunks: Iterable[np.ndarray]):
+    """(the chunks, the input as one [1, t] array if it is a single chunk, else None)."""
+    it = iter(chunks)
+    first, second = next(it, None), next(it, None)
+    if first is not None and second is None:
+        return [first], first
+    return itertools.chain([c for c in (first, second) if c is not None], it), None
 
 
 def _windows(pieces: Iterable[np.ndarray], seen: int, span: int):
