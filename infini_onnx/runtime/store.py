@@ -44,6 +44,7 @@ DEFAULT_EVERY = 256  # segments between the boundaries a long feed stores
 TRAIL_IDS, TRAIL_LENGTHS = "trail_ids", "trail_lengths"  # an entry's calls since its parent
 MAX_TRAIL_TOKENS = 1 << 22  # the calls an entry file holds at most (longer: memory only)
 MAX_TRACES = 4  # the recent feeds whose boundaries are found without hashing
+MAX_TRACE_TOKENS = 1 << 25  # longer feeds are not traced (their ids are kept, 4 bytes each)
 _DIRECTORY_LOCKS: dict[Path, threading.Lock] = {}  # flock excludes processes; this, threads
 _DIRECTORY_LOCKS_GUARD = threading.Lock()
 
@@ -100,7 +101,7 @@ class Trace:
     keys (the same calls), so they are found by comparing ids, not by hashing every call."""
 
     start: bytes  # the key the feed started from
-    tokens: np.ndarray  # [t] the ids fed (a read-only copy)
+    tokens: np.ndarray  # [t] the ids fed (a read-only int32 copy)
     boundaries: list[tuple[int, bytes]]  # (offset in tokens, key), increasing
 
 
@@ -224,11 +225,17 @@ class StateStore:
         except (StateFileError, OSError) as e:
             warnings.warn(f"state store: not written: {e}", StoreWarning, stacklevel=3)
 
-    def trace(self, trace: Trace) -> None:
-        """Remember a feed's boundaries (the last MAX_TRACES feeds)."""
-        trace.tokens.setflags(write=False)
+    def trace(self, start: bytes, tokens: np.ndarray, boundaries: list[tuple[int, bytes]]):
+        """Remember a feed's boundaries (the last MAX_TRACES feeds that passed one and are at
+        most MAX_TRACE_TOKENS long; one that the new feed extends is replaced)."""
+        if not boundaries or len(tokens) > MAX_TRACE_TOKENS:
+            return
+        ids = tokens.astype(np.int32)
+        ids.setflags(write=False)
+        new = Trace(start, ids, boundaries)
         with self._lock:
-            self._traces = [*self._traces, trace][-MAX_TRACES:]
+            kept = [t for t in self._traces if not _extends(new, t)]
+            self._traces = [*kept, new][-MAX_TRACES:]
 
     def traced(self, start: bytes, tokens: np.ndarray) -> list[tuple[int, bytes]]:
         """The boundaries (offset, key) that a feed of `tokens` from key `start` shares with
@@ -350,6 +357,13 @@ class StateStore:
                 seen.st_ino, seen.st_size, seen.st_mtime_ns
             ):  # fmt: skip
                 path.unlink()
+
+
+def _extends(new: Trace, old: Trace) -> bool:
+    """Whether the new trace holds all of the old one (the same start, its ids first)."""
+    n = len(old.tokens)
+    same_start = new.start == old.start and len(new.tokens) >= n
+    return same_start and np.array_equal(new.tokens[:n], old.tokens)
 
 
 def check_state(model, host: dict[str, np.ndarray], where: object) -> None:

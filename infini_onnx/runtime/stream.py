@@ -258,7 +258,9 @@ class Stream(_Streams):
         passed: list[tuple[int, bytes]] = []  # (tokens_seen, key) of the boundaries passed
         if whole is not None:
             shared = store.traced(start_key, whole[0])
-            for i in reversed(range(len(shared))):
+            # from the last shared boundary back, at most `every` of them (every `every`-th one
+            # is kept: none within that reach means the trace's entries are gone)
+            for i in reversed(range(max(0, len(shared) - store.every), len(shared))):
                 entry = store.get(shared[i][1], self._model)
                 if entry is not None:
                     saved, key = shared[i]
@@ -288,8 +290,7 @@ class Stream(_Streams):
         if not fed:
             raise InputError("empty input: no tokens to feed")
         if whole is not None:
-            offsets = [(seen - start_seen, key) for seen, key in passed]
-            store.trace(stored.Trace(start_key, np.array(whole[0]), offsets))
+            store.trace(start_key, whole[0], [(seen - start_seen, key) for seen, key in passed])
         store.count_saved(saved) if saved else store.count_miss()
         self._state, self._history = state, history
         self._cached_tokens += saved
