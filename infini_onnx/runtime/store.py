@@ -34,6 +34,7 @@ import numpy as np
 from infini_onnx.atomic import atomic_output
 from infini_onnx.errors import InputError, StateFileError
 from infini_onnx.runtime import statefile
+from infini_onnx.runtime.state import State
 
 try:  # POSIX: the disk tier's lock; without it only one process may use a directory
     import fcntl
@@ -86,10 +87,6 @@ class Entry:
     calls: list[np.ndarray]  # the calls from the parent's state to this one
 
     @property
-    def tokens_seen(self) -> int:
-        return int(self.host["tokens_seen"][0])
-
-    @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.host.values()) + sum(c.nbytes for c in self.calls)
 
@@ -121,8 +118,9 @@ class StateStore:
     """States at segment boundaries, in memory (`ram_bytes`) and, with a directory, on disk
     (`disk_bytes`), least recently used evicted first. `every`: a stream fed through the store
     keeps every `every`-th segment boundary (counted from the stream's start), and near the end
-    of each feed its last boundary and those 1, 2, 4, 8... segments before it, so that another
-    feed diverging anywhere replays at most about twice what follows the divergence."""
+    of each feed its last boundary and those 1, 2, 4, 8... segments before it (fewer than
+    `every`), so that another feed diverging within `every` segments of the end replays at most
+    about twice what follows the divergence, and elsewhere at most `every` segments."""
 
     def __init__(
         self,
@@ -366,10 +364,8 @@ def _extends(new: Trace, old: Trace) -> bool:
     return same_start and np.array_equal(new.tokens[:n], old.tokens)
 
 
-def check_state(model, host: dict[str, np.ndarray], where: object) -> None:
-    """StateFileError unless host is a finite state of one stream of `model`."""
-    from infini_onnx.runtime.state import State
-
+def check_state(model, host: dict[str, np.ndarray], where: object) -> State:
+    """host as a State of `model`; StateFileError unless it is a finite state of one stream."""
     if not all(np.isfinite(a).all() for a in host.values() if a.dtype.kind == "f"):
         raise StateFileError(f"{where}: NaN or inf in the saved state")
     try:
@@ -378,6 +374,7 @@ def check_state(model, host: dict[str, np.ndarray], where: object) -> None:
         raise StateFileError(f"{where}: not a state of this model ({e!r})") from None
     if state.batch != 1:
         raise StateFileError(f"{where}: a batch of {state.batch} streams")
+    return state
 
 
 def calls_tokens(calls: Sequence[np.ndarray]) -> int:

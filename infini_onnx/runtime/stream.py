@@ -119,8 +119,7 @@ class Stream(_Streams):
         host, _ = statefile.read_state(
             _path(path), model.model_id, model.format_version, model.layout.max_file_bytes()
         )
-        stored.check_state(model, host, path)
-        stream = cls(model, State.from_host(model.layout, host))
+        stream = cls(model, stored.check_state(model, host, path))
         if store is not None:
             stream._store = store
             stream._history = _History.start(model, store, host)
