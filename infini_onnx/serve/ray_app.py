@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -90,28 +90,17 @@ class StreamWorker:
     async def complete_events(self, request: completions.CompletionRequest):
         """Yield {"text"} per piece, then {"ok": {"finish_reason", "usage"}}; or one {"error"}
         (async generator). The client going away stops the generation."""
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
 
-        def to_queue(piece: str | None) -> None:
-            loop.call_soon_threadsafe(pieces.put_nowait, piece)
-
-        def work(stop: threading.Event) -> dict:
-            try:
-                done = completions.complete(self.table.model, self.store, request, to_queue, stop)
-            finally:
-                to_queue(None)
+        def work(stop: threading.Event, emit: Callable[[str], None]) -> dict:
+            done = completions.complete(self.table.model, self.store, request, emit, stop)
             return {"finish_reason": done.finish_reason, "usage": done.usage()}
 
-        task = asyncio.ensure_future(self._in_thread(work))
-        try:
-            while (piece := await pieces.get()) is not None:
-                yield {"text": piece}
-            answer = await task
-        finally:
-            if not task.done():
-                task.cancel()
-                await _outlast(task)
+        async with aclosing(self._relay(work, "text")) as events:
+            async for event in events:
+                if "answer" in event:
+                    answer = event["answer"]
+                else:
+                    yield event
         yield {**answer, "stats": self._stats()}
 
     async def feed(self, stream_id: str, request: api.FeedRequest) -> dict:
@@ -140,29 +129,44 @@ class StreamWorker:
 
     async def generate_events(self, stream_id: str, request: api.GenerateRequest):
         """Yield {"token"} per token, then {"ok": {...}}; or one {"error"} (async generator)."""
-        loop = asyncio.get_running_loop()
-        tokens: asyncio.Queue[int | None] = asyncio.Queue()
 
-        def generate(stop: threading.Event) -> dict:
-            try:
-                return self._generate(stream_id, request, stop, on_token=to_queue)
-            finally:
-                to_queue(None)
+        def generate(stop: threading.Event, emit: Callable[[int], None]) -> dict:
+            return self._generate(stream_id, request, stop, on_token=emit)
 
-        def to_queue(token: int | None) -> None:
-            loop.call_soon_threadsafe(tokens.put_nowait, token)
-
-        async with self._locks.hold(stream_id):
-            work = asyncio.ensure_future(self._in_thread(generate))
-            try:
-                while (token := await tokens.get()) is not None:
-                    yield {"token": token}
-                answer = await work
-            finally:
-                if not work.done():  # the client went away: stop the work, wait for it
-                    work.cancel()
-                    await _outlast(work)
+        async with self._locks.hold(stream_id), aclosing(self._relay(generate, "token")) as events:
+            async for event in events:
+                if "answer" in event:
+                    answer = event["answer"]
+                else:
+                    yield event
         yield {**answer, "stats": self._stats()}
+
+    async def _relay(self, work: Callable[[threading.Event, Callable], dict], name: str):
+        """Run work(stop, emit) on a worker thread (_in_thread); yield {name: item} for each
+        item it emits, as it comes, then {"answer": its answer}. Closed early (the client went
+        away), it stops the work and waits for it to end."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        done = object()  # the end of the items
+
+        def emit(item: object) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def run(stop: threading.Event) -> dict:
+            try:
+                return work(stop, emit)
+            finally:
+                emit(done)
+
+        task = asyncio.ensure_future(self._in_thread(run))
+        try:
+            while (item := await items.get()) is not done:
+                yield {name: item}
+            yield {"answer": await task}
+        finally:
+            if not task.done():  # the client went away: stop the work, wait for it
+                task.cancel()
+                await _outlast(task)
 
     def _generate(
         self,
